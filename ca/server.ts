@@ -1,0 +1,218 @@
+import { createServer, type Server } from "node:https";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { TLSSocket } from "node:tls";
+import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
+import { silentLogger, type Logger } from "../lib/log.ts";
+import { pemToDer } from "../lib/x509.ts";
+import { parseHostPort } from "../lib/net.ts";
+import type { Authority, IssuedCertificate } from "./authority.ts";
+import type { CertRecord } from "./store.ts";
+import { toWebCryptoPublicKey } from "./keys.ts";
+
+/**
+ * The CA's HTTPS API. Each handler runs decode → validate → authorize → sign → render; the core (Authority) does
+ * the deciding and knows nothing of HTTP. Errors render as `{ error: { code, message } }` with the core's stable
+ * code and caller-facing message; anything unexpected is logged here and answered as a generic 500.
+ */
+const MAX_BODY = 64 * 1024;
+const SERVER_CERT_REFRESH_MS = 12 * 3_600_000;
+
+const STATUS: Record<string, number> = {
+  MCPMESH_INVALID_ARGUMENT: 400,
+  MCPMESH_BAD_REQUEST: 400,
+  MCPMESH_BAD_CSR: 400,
+  MCPMESH_WEAK_KEY: 400,
+  MCPMESH_TOKEN_UNKNOWN: 403,
+  MCPMESH_TOKEN_EXPIRED: 403,
+  MCPMESH_TOKEN_USED: 403,
+  MCPMESH_NO_CLIENT_CERT: 401,
+  MCPMESH_CERT_UNKNOWN: 403,
+  MCPMESH_CERT_REVOKED: 403,
+  MCPMESH_CERT_EXPIRED: 403,
+  MCPMESH_IDENTITY_MISMATCH: 403,
+  MCPMESH_FORBIDDEN: 403,
+  MCPMESH_NOT_FOUND: 404,
+  MCPMESH_METHOD_NOT_ALLOWED: 405,
+  MCPMESH_UNSUPPORTED_MEDIA: 415,
+  MCPMESH_TOO_LARGE: 413,
+};
+
+class BadRequestError extends MeshError {
+  constructor(code: string, message: string) {
+    super(code, message);
+  }
+}
+
+/** The part of the Authority the API needs (consumer-owned interface). */
+export type ApiAuthority = Pick<Authority, "enroll" | "renew" | "authenticatePeer" | "revokeAsAdmin" | "crlPem" | "rootPem" | "config" | "issueServerCertificate" | "trustDomain">;
+
+export interface CaServerOptions {
+  authority: Authority;
+  listen?: string;
+  logger?: Logger;
+}
+
+export interface RunningCaServer {
+  server: Server;
+  url: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+function peerOf(req: IncomingMessage): { leafDer: Uint8Array | null; chainTrusted: boolean } {
+  const sock = req.socket as TLSSocket;
+  const cert = sock.getPeerX509Certificate?.();
+  return { leafDer: cert ? cert.raw : null, chainTrusted: sock.authorized === true };
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const type = (req.headers["content-type"] ?? "").split(";")[0].trim().toLowerCase();
+  if (type !== "application/json") throw new BadRequestError("MCPMESH_UNSUPPORTED_MEDIA", "content-type: must be application/json");
+  const declared = Number(req.headers["content-length"] ?? "0");
+  if (declared > MAX_BODY) throw new BadRequestError("MCPMESH_TOO_LARGE", `body: larger than ${MAX_BODY} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new BadRequestError("MCPMESH_TOO_LARGE", `body: larger than ${MAX_BODY} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+  } catch {
+    throw new BadRequestError("MCPMESH_BAD_REQUEST", "body: not valid JSON");
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) throw new BadRequestError("MCPMESH_BAD_REQUEST", "body: must be a JSON object");
+  return body as Record<string, unknown>;
+}
+
+function send(res: ServerResponse, status: number, body: unknown, type = "application/json"): void {
+  const data = type === "application/json" ? JSON.stringify(body) : String(body);
+  res.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(data), "cache-control": "no-store" });
+  res.end(data);
+}
+
+function renderIssued(c: IssuedCertificate) {
+  return { identity: c.identity, kind: c.kind, serial: c.serial, notBefore: new Date(c.notBefore).toISOString(), notAfter: new Date(c.notAfter).toISOString(), certificate: c.chainPem, roots: c.rootsPem };
+}
+
+function optionalString(body: Record<string, unknown>, field: string): string | undefined {
+  const v = body[field];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== "string") throw new InvalidArgumentError(field, "must be a string");
+  return v;
+}
+
+export function createCaHandler(authority: ApiAuthority, log: Logger) {
+  const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => Promise<void>> = {
+    "GET /v1/roots": async (_req, res) => send(res, 200, authority.rootPem, "application/x-pem-file"),
+    "GET /v1/bundle": async (_req, res) => send(res, 200, authority.rootPem, "application/x-pem-file"),
+    "GET /v1/crl": async (req, res) => {
+      const pem = await authority.crlPem();
+      if (new URL(req.url ?? "/", "https://x").searchParams.get("format") === "der") {
+        const der = pemToDer(pem);
+        res.writeHead(200, { "content-type": "application/pkix-crl", "content-length": der.length, "cache-control": "no-store" });
+        res.end(der);
+      } else send(res, 200, pem, "application/x-pem-file");
+    },
+    "GET /healthz": async (_req, res) => send(res, 200, { ok: true, trustDomain: authority.trustDomain }),
+    "POST /v1/enroll": async (req, res) => {
+      const body = await readJson(req);
+      const token = optionalString(body, "token");
+      if (!token) throw new InvalidArgumentError("token", "missing");
+      const issued = await authority.enroll(token, body.csr);
+      log.info({ event: "enroll", identity: issued.identity, serial: issued.serial, kind: issued.kind }, "certificate enrolled");
+      send(res, 201, renderIssued(issued));
+    },
+    "POST /v1/renew": async (req, res) => {
+      const body = await readJson(req);
+      const issued = await authority.renew(peerOf(req), body.csr, optionalString(body, "identity"));
+      log.info({ event: "renew", identity: issued.identity, serial: issued.serial }, "certificate renewed");
+      send(res, 201, renderIssued(issued));
+    },
+    "POST /v1/revoke": async (req, res) => {
+      const body = await readJson(req);
+      const caller: CertRecord = authority.authenticatePeer(peerOf(req));
+      const serials = authority.revokeAsAdmin(caller, { serial: optionalString(body, "serial"), identity: optionalString(body, "identity"), reason: optionalString(body, "reason") });
+      log.info({ event: "revoke", by: caller.identity, serials }, "certificates revoked");
+      send(res, 200, { revoked: serials });
+    },
+  };
+
+  return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? "/").split("?")[0];
+    const handler = routes[`${req.method} ${path}`];
+    try {
+      if (!handler) {
+        const known = Object.keys(routes).some((k) => k.endsWith(` ${path}`));
+        throw new BadRequestError(known ? "MCPMESH_METHOD_NOT_ALLOWED" : "MCPMESH_NOT_FOUND", known ? `${req.method} is not allowed on ${path}` : `no such endpoint ${path}`);
+      }
+      await handler(req, res);
+    } catch (e) {
+      if (isMeshError(e) && STATUS[e.code]) {
+        log.warn({ event: "request_refused", path, code: e.code, reason: e.message }, "request refused");
+        if (!res.headersSent) send(res, STATUS[e.code], { error: { code: e.code, message: e.message } });
+      } else {
+        log.error({ event: "internal_error", path, err: e }, "internal error");
+        if (!res.headersSent) send(res, 500, { error: { code: "MCPMESH_INTERNAL", message: "internal error; see the CA log" } });
+      }
+    }
+  };
+}
+
+async function serverCredentials(authority: ApiAuthority): Promise<{ key: KeyObject; cert: string; notAfter: number }> {
+  const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const issued = await authority.issueServerCertificate(await toWebCryptoPublicKey(publicKey));
+  return { key: privateKey, cert: issued.chainPem, notAfter: issued.notAfter };
+}
+
+/** Starts the CA's HTTPS API; its serverAuth certificate comes from the CA itself and is refreshed every 12 h. */
+export async function startCaServer(opts: CaServerOptions): Promise<RunningCaServer> {
+  const log = opts.logger ?? silentLogger();
+  const authority = opts.authority;
+  const configured = new URL(authority.config.url);
+  const { host, port } = parseHostPort(opts.listen ?? configured.host, "listen");
+  const creds = await serverCredentials(authority);
+  const tlsOptions = {
+    key: creds.key.export({ type: "pkcs8", format: "pem" }) as string,
+    cert: creds.cert,
+    ca: authority.rootPem,
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion: "TLSv1.3" as const,
+  };
+  const server = createServer({ ...tlsOptions, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, createCaHandler(authority, log));
+  server.on("tlsClientError", (err, sock) => {
+    log.warn({ event: "tls_error", remote: sock.remoteAddress, reason: err.message }, "TLS handshake failed");
+  });
+  const refresh = setInterval(() => {
+    serverCredentials(authority).then(
+      (c) => server.setSecureContext({ ...tlsOptions, key: c.key.export({ type: "pkcs8", format: "pem" }) as string, cert: c.cert }),
+      (e) => log.error({ event: "server_cert_refresh_failed", err: e }, "could not refresh the CA's server certificate"),
+    );
+  }, SERVER_CERT_REFRESH_MS);
+  refresh.unref();
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const actualPort = (server.address() as { port: number }).port;
+  const urlHost = host.includes(":") ? `[${host}]` : host;
+  log.info({ event: "listening", url: `https://${urlHost}:${actualPort}`, trustDomain: authority.trustDomain }, "CA API listening");
+  return {
+    server,
+    url: `https://${urlHost}:${actualPort}`,
+    port: actualPort,
+    close: () =>
+      new Promise<void>((resolve) => {
+        clearInterval(refresh);
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}

@@ -1,0 +1,182 @@
+import { chmodSync } from "node:fs";
+import Database from "better-sqlite3";
+import { StateError } from "../lib/errors.ts";
+
+export type CertKind = "client" | "agent" | "server";
+
+export interface TokenRecord {
+  hash: string;
+  identity: string;
+  kind: CertKind;
+  certTtlMs: number;
+  dns: string[];
+  ips: string[];
+  createdAt: number;
+  expiresAt: number;
+  usedAt: number | null;
+}
+
+export interface CertRecord {
+  serial: string;
+  identity: string;
+  kind: CertKind;
+  notBefore: number;
+  notAfter: number;
+  ttlMs: number;
+  dns: string[];
+  ips: string[];
+  pem: string;
+  issuedAt: number;
+  via: "enroll" | "renew" | "server";
+  parentSerial: string | null;
+  revokedAt: number | null;
+  reason: string | null;
+}
+
+export interface CaEvent {
+  id: number;
+  at: number;
+  type: string;
+  identity: string | null;
+  serial: string | null;
+  detail: Record<string, unknown>;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+  hash TEXT PRIMARY KEY, identity TEXT NOT NULL, kind TEXT NOT NULL, cert_ttl_ms INTEGER NOT NULL,
+  dns TEXT NOT NULL, ips TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  used_at INTEGER, used_serial TEXT);
+CREATE TABLE IF NOT EXISTS certs (
+  serial TEXT PRIMARY KEY, identity TEXT NOT NULL, kind TEXT NOT NULL, not_before INTEGER NOT NULL,
+  not_after INTEGER NOT NULL, ttl_ms INTEGER NOT NULL, dns TEXT NOT NULL, ips TEXT NOT NULL, pem TEXT NOT NULL,
+  issued_at INTEGER NOT NULL, via TEXT NOT NULL, parent_serial TEXT, revoked_at INTEGER, reason TEXT);
+CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, type TEXT NOT NULL, identity TEXT, serial TEXT,
+  detail TEXT NOT NULL);
+`;
+
+type Row = Record<string, any>;
+
+function certFromRow(r: Row): CertRecord {
+  return {
+    serial: r.serial, identity: r.identity, kind: r.kind, notBefore: r.not_before, notAfter: r.not_after,
+    ttlMs: r.ttl_ms, dns: JSON.parse(r.dns), ips: JSON.parse(r.ips), pem: r.pem, issuedAt: r.issued_at, via: r.via,
+    parentSerial: r.parent_serial, revokedAt: r.revoked_at, reason: r.reason,
+  };
+}
+
+/**
+ * The CA's database: SQLite in WAL mode with synchronous=FULL, so a certificate that was returned to a caller is on
+ * disk even if the process is killed right after. Every state change runs in one transaction.
+ */
+export class CaStore {
+  readonly #db: Database.Database;
+
+  private constructor(db: Database.Database) {
+    this.#db = db;
+  }
+
+  static open(path: string, opts: { create?: boolean } = {}): CaStore {
+    let db: Database.Database | undefined;
+    try {
+      db = new Database(path, { fileMustExist: !opts.create });
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      db.pragma("foreign_keys = ON");
+      db.pragma("busy_timeout = 5000");
+      const check = db.pragma("quick_check", { simple: true });
+      if (check !== "ok") throw new Error(`quick_check: ${String(check)}`);
+      db.exec(SCHEMA);
+      // The database holds token hashes and the issuance record: owner-only, like the keys.
+      for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+        try { chmodSync(f, 0o600); } catch { /* -wal/-shm may not exist yet */ }
+      }
+      return new CaStore(db);
+    } catch (e) {
+      try { db?.close(); } catch { /* closing a broken handle */ }
+      throw new StateError(`the CA database ${path} cannot be opened (corrupt or not a database): ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  close(): void {
+    if (this.#db.open) this.#db.close();
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.#db.transaction(fn).immediate();
+  }
+
+  insertToken(t: TokenRecord): void {
+    this.#db.prepare(`INSERT INTO tokens (hash, identity, kind, cert_ttl_ms, dns, ips, created_at, expires_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(t.hash, t.identity, t.kind, t.certTtlMs, JSON.stringify(t.dns), JSON.stringify(t.ips), t.createdAt, t.expiresAt);
+  }
+
+  getToken(hash: string): TokenRecord | null {
+    const r = this.#db.prepare(`SELECT * FROM tokens WHERE hash = ?`).get(hash) as Row | undefined;
+    if (!r) return null;
+    return {
+      hash: r.hash, identity: r.identity, kind: r.kind, certTtlMs: r.cert_ttl_ms, dns: JSON.parse(r.dns),
+      ips: JSON.parse(r.ips), createdAt: r.created_at, expiresAt: r.expires_at, usedAt: r.used_at,
+    };
+  }
+
+  /** Marks a token used if, and only if, it is still unused and unexpired. Returns whether this call won. */
+  redeemToken(hash: string, now: number, serial: string): boolean {
+    const res = this.#db.prepare(`UPDATE tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?`)
+      .run(now, serial, hash, now);
+    return res.changes === 1;
+  }
+
+  insertCert(c: CertRecord): void {
+    this.#db.prepare(`INSERT INTO certs (serial, identity, kind, not_before, not_after, ttl_ms, dns, ips, pem, issued_at, via, parent_serial)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(c.serial, c.identity, c.kind, c.notBefore, c.notAfter, c.ttlMs,
+      JSON.stringify(c.dns), JSON.stringify(c.ips), c.pem, c.issuedAt, c.via, c.parentSerial);
+  }
+
+  getCert(serial: string): CertRecord | null {
+    const r = this.#db.prepare(`SELECT * FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
+    return r ? certFromRow(r) : null;
+  }
+
+  listCerts(): CertRecord[] {
+    return (this.#db.prepare(`SELECT * FROM certs ORDER BY issued_at, serial`).all() as Row[]).map(certFromRow);
+  }
+
+  /** Revokes the given serials that are not revoked yet; returns the ones this call revoked. */
+  revokeSerials(serials: string[], now: number, reason: string): string[] {
+    const stmt = this.#db.prepare(`UPDATE certs SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL`);
+    return serials.filter((s) => stmt.run(now, reason, s).changes === 1);
+  }
+
+  serialsForIdentity(identity: string): string[] {
+    return (this.#db.prepare(`SELECT serial FROM certs WHERE identity = ?`).all(identity) as Row[]).map((r) => r.serial);
+  }
+
+  /** Revoked certificates that have not expired yet (expired ones need no CRL entry). */
+  revokedUnexpired(now: number): CertRecord[] {
+    return (this.#db.prepare(`SELECT * FROM certs WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at`).all(now) as Row[]).map(certFromRow);
+  }
+
+  addEvent(type: string, fields: { identity?: string | null; serial?: string | null; detail?: Record<string, unknown> }, now = Date.now()): void {
+    this.#db.prepare(`INSERT INTO events (at, type, identity, serial, detail) VALUES (?, ?, ?, ?, ?)`)
+      .run(now, type, fields.identity ?? null, fields.serial ?? null, JSON.stringify(fields.detail ?? {}));
+  }
+
+  events(): CaEvent[] {
+    return (this.#db.prepare(`SELECT * FROM events ORDER BY id`).all() as Row[]).map((r) => ({
+      id: r.id, at: r.at, type: r.type, identity: r.identity, serial: r.serial, detail: JSON.parse(r.detail),
+    }));
+  }
+
+  getMeta(key: string): string | null {
+    const r = this.#db.prepare(`SELECT value FROM meta WHERE key = ?`).get(key) as Row | undefined;
+    return r ? r.value : null;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.#db.prepare(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`).run(key, value);
+  }
+}

@@ -1,0 +1,204 @@
+import { readFileSync } from "node:fs";
+import { Command, Option, CommanderError } from "commander";
+import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
+import { createLogger } from "../lib/log.ts";
+import { parseDuration, formatDuration } from "../lib/duration.ts";
+import { Authority, createToken, revoke, listCertificates } from "../ca/authority.ts";
+import { startCaServer } from "../ca/server.ts";
+import { enroll } from "../identity/enroll.ts";
+import { renewIdentity } from "../identity/renew.ts";
+import { RenewalScheduler } from "../identity/rotation.ts";
+import { runAfterRenewal } from "./exec.ts";
+
+/**
+ * The `mcpmesh` command line. Every command is a thin shell over a library function; this is the only place that
+ * prints or exits.
+ */
+function passphrase(opts: { passphraseFile?: string }): string {
+  if (opts.passphraseFile) {
+    try {
+      return readFileSync(opts.passphraseFile, "utf8").replace(/\r?\n$/, "");
+    } catch (e) {
+      throw new InvalidArgumentError("passphrase-file", `cannot read ${opts.passphraseFile}: ${(e as Error).message}`);
+    }
+  }
+  const env = process.env.MCPMESH_CA_PASSPHRASE;
+  if (!env) throw new InvalidArgumentError("passphrase", "set MCPMESH_CA_PASSPHRASE or pass --passphrase-file FILE");
+  return env;
+}
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function onSignals(stop: () => Promise<void> | void): void {
+  let stopping = false;
+  const handler = () => {
+    if (stopping) return;
+    stopping = true;
+    Promise.resolve(stop()).finally(() => process.exit(0));
+  };
+  process.on("SIGINT", handler);
+  process.on("SIGTERM", handler);
+}
+
+export function buildProgram(): Command {
+  const program = new Command("mcpmesh")
+    .description("zero-trust mTLS mesh for MCP servers")
+    .version("0.1.0")
+    .showHelpAfterError()
+    .exitOverride();
+
+  const ca = program.command("ca").description("the certificate authority");
+
+  ca.command("init")
+    .description("create a new CA (root + intermediate, ECDSA P-256, keys encrypted with the passphrase)")
+    .requiredOption("--dir <dir>", "CA directory (created 0700)")
+    .requiredOption("--trust-domain <td>", "SPIFFE trust domain, e.g. example.org")
+    .requiredOption("--url <url>", "the URL clients and agents reach the CA at, https://HOST:PORT")
+    .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
+    .option("--admin <path>", "identity allowed to revoke over the API (repeatable)", collect, [])
+    .action(async (o) => {
+      const a = await Authority.init({ dir: o.dir, trustDomain: o.trustDomain, url: o.url, passphrase: passphrase(o), admins: o.admin });
+      console.log(`CA created in ${o.dir}`);
+      console.log(`  trust domain      ${a.trustDomain}`);
+      console.log(`  url               ${a.config.url}`);
+      console.log(`  root fingerprint  sha256:${a.config.rootFingerprint}`);
+      a.close();
+    });
+
+  ca.command("serve")
+    .description("serve the CA's HTTPS API (enroll, renew, revoke, crl, bundle)")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--listen <host:port>", "address to listen on (default: the host and port of the CA URL)")
+    .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
+    .action(async (o) => {
+      const log = createLogger({ name: "mcpmesh-ca" });
+      const authority = await Authority.open({ dir: o.dir, passphrase: passphrase(o) });
+      const srv = await startCaServer({ authority, listen: o.listen, logger: log });
+      onSignals(async () => {
+        await srv.close();
+        authority.close();
+      });
+    });
+
+  ca.command("token")
+    .description("create a one-time enrollment token bound to one identity")
+    .requiredOption("--dir <dir>", "CA directory")
+    .requiredOption("--identity <path>", "SPIFFE path, e.g. team-a/alice")
+    .addOption(new Option("--kind <kind>", "certificate kind").choices(["client", "agent"]).default("client"))
+    .option("--ttl <duration>", "how long the token stays valid", "15m")
+    .option("--cert-ttl <duration>", "lifetime of the certificates (default 1h clients, 24h agents; max 24h)")
+    .option("--dns <name>", "DNS SAN for an agent certificate (repeatable)", collect, [])
+    .option("--ip <addr>", "IP SAN for an agent certificate (repeatable)", collect, [])
+    .option("--json", "print JSON")
+    .action((o) => {
+      const { config, store } = Authority.openStore(o.dir);
+      try {
+        const t = createToken(store, config, {
+          identity: o.identity, kind: o.kind, ttlMs: parseDuration(o.ttl, "ttl"),
+          certTtlMs: o.certTtl ? parseDuration(o.certTtl, "cert-ttl") : undefined, dns: o.dns, ips: o.ip,
+        }, Date.now());
+        if (o.json) console.log(JSON.stringify({ token: t.token, identity: t.identity, kind: t.kind, expiresAt: new Date(t.expiresAt).toISOString() }));
+        else {
+          console.log(t.token);
+          console.error(`token for ${t.identity} (${t.kind}, certificates ${formatDuration(t.certTtlMs)}), valid until ${new Date(t.expiresAt).toISOString()}, single use`);
+        }
+      } finally {
+        store.close();
+      }
+    });
+
+  ca.command("revoke")
+    .description("revoke certificates by serial or by identity")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--identity <path>", "revoke every certificate of this identity")
+    .option("--serial <hex>", "revoke one certificate")
+    .option("--reason <reason>", "keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn, or free text")
+    .action((o) => {
+      const { config, store } = Authority.openStore(o.dir);
+      try {
+        const serials = revoke(store, config, { serial: o.serial, identity: o.identity, reason: o.reason }, Date.now(), "cli");
+        if (serials.length === 0) console.log("nothing to revoke: already revoked");
+        for (const s of serials) console.log(`revoked ${s}`);
+      } finally {
+        store.close();
+      }
+    });
+
+  ca.command("list")
+    .description("list issued certificates")
+    .requiredOption("--dir <dir>", "CA directory")
+    .option("--json", "print JSON")
+    .action((o) => {
+      const { store } = Authority.openStore(o.dir);
+      try {
+        const rows = listCertificates(store, Date.now());
+        if (o.json) {
+          console.log(JSON.stringify(rows.map((r) => ({ serial: r.serial, identity: r.identity, kind: r.kind, notBefore: new Date(r.notBefore).toISOString(), notAfter: new Date(r.notAfter).toISOString(), status: r.status, revokedAt: r.revokedAt ? new Date(r.revokedAt).toISOString() : null, reason: r.reason })), null, 2));
+        } else {
+          console.log(["SERIAL".padEnd(34), "KIND".padEnd(7), "STATUS".padEnd(8), "NOT AFTER".padEnd(25), "IDENTITY"].join(" "));
+          for (const r of rows) console.log([r.serial.padEnd(34), r.kind.padEnd(7), r.status.padEnd(8), new Date(r.notAfter).toISOString().padEnd(25), r.identity].join(" "));
+        }
+      } finally {
+        store.close();
+      }
+    });
+
+  program.command("enroll")
+    .description("enroll with a one-time token: generate a key here, get a certificate from the CA")
+    .argument("<token>", "the token from `mcpmesh ca token`")
+    .requiredOption("--dir <dir>", "identity directory to write (key.pem, cert.pem, ca.pem)")
+    .option("--force", "replace an identity already in --dir")
+    .action(async (token, o) => {
+      const r = await enroll(token, o.dir, { force: o.force });
+      console.log(`enrolled as ${r.identity}`);
+      console.log(`  certificate ${r.serial}, valid until ${r.notAfter}`);
+      console.log(`  written to ${r.dir}/{key.pem,cert.pem,ca.pem}`);
+    });
+
+  program.command("renew")
+    .description("renew the certificate in an identity directory over mTLS")
+    .requiredOption("--dir <dir>", "identity directory")
+    .option("--daemon", "keep running and renew at half-life (±10% jitter), retrying with backoff")
+    .option("--exec <cmd>", "run this command after each renewal (e.g. to reload a server)")
+    .action(async (o) => {
+      if (!o.daemon) {
+        const r = await renewIdentity(o.dir);
+        console.log(`renewed ${r.identity}: ${r.previousSerial} -> ${r.serial}, valid until ${new Date(r.notAfter).toISOString()}`);
+        if (o.exec) await runAfterRenewal(o.exec, o.dir);
+        return;
+      }
+      const log = createLogger({ name: "mcpmesh-renew" });
+      const s = new RenewalScheduler({ dir: o.dir, logger: log });
+      await new Promise<void>((resolve, reject) => {
+        s.on("renewed", () => {
+          if (o.exec) runAfterRenewal(o.exec, o.dir).catch((e) => log.error({ event: "exec_failed", reason: (e as Error).message }, "--exec command failed"));
+        });
+        s.on("expired", () => reject(new MeshError("MCPMESH_CERT_EXPIRED", `the certificate in ${o.dir} has expired; enroll again with a new token`)));
+        onSignals(() => {
+          s.stop();
+          resolve();
+        });
+        s.start();
+        // The scheduler's timers are unref'd so libraries can embed it; the daemon itself must stay alive.
+        setInterval(() => {}, 1 << 30);
+      });
+    });
+
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+    if (isMeshError(e)) {
+      console.error(`mcpmesh: ${e.message}`);
+      return 1;
+    }
+    console.error(`mcpmesh: unexpected error: ${(e as Error)?.stack ?? String(e)}`);
+    return 1;
+  }
+}
