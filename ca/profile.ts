@@ -99,7 +99,7 @@ export async function acceptCsr(csrPem: unknown): Promise<x509.PublicKey> {
   } else if (details.type !== "ed25519") {
     throw new CsrRejectedError("MCPMESH_WEAK_KEY", `csr: key type ${details.type ?? "unknown"} is not accepted (use EC P-256)`);
   }
-  let valid = false;
+  let valid: boolean;
   try {
     valid = await csr.verify();
   } catch {

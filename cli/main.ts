@@ -9,6 +9,10 @@ import { enroll } from "../identity/enroll.ts";
 import { renewIdentity } from "../identity/renew.ts";
 import { RenewalScheduler } from "../identity/rotation.ts";
 import { runAfterRenewal } from "./exec.ts";
+import { loadAgentConfig } from "../agent/config.ts";
+import { startAgent } from "../agent/agent.ts";
+import { checkConfigFile, explainCall } from "../agent/explain.ts";
+import { PinStore } from "../agent/pinning.ts";
 
 /**
  * The `mcpmesh` command line. Every command is a thin shell over a library function; this is the only place that
@@ -182,6 +186,88 @@ export function buildProgram(): Command {
         // The scheduler's timers are unref'd so libraries can embed it; the daemon itself must stay alive.
         setInterval(() => {}, 1 << 30);
       });
+    });
+
+  const agent = program.command("agent").description("the sidecar in front of an MCP server");
+
+  agent.command("run")
+    .description("run the agent: mTLS gate, policy and validation in front of the configured MCP server")
+    .requiredOption("--config <file>", "agent configuration (YAML or JSON)")
+    .action(async (o) => {
+      const log = createLogger({ name: "mcpmesh-agent" });
+      const cfg = loadAgentConfig(o.config);
+      const running = await startAgent(cfg, { logger: log });
+      process.on("SIGHUP", () => void running.reload().catch(() => {}));
+      onSignals(() => running.close());
+    });
+
+  agent.command("check")
+    .description("validate a config and its policy; optionally explain one call")
+    .requiredOption("--config <file>", "agent configuration (YAML or JSON)")
+    .option("--identity <spiffe-id>", "explain: the caller's SPIFFE ID")
+    .option("--tool <name>", "explain: the tool called")
+    .option("--args <json>", "explain: the call's arguments as JSON", "{}")
+    .option("--json", "print JSON")
+    .action((o) => {
+      const check = checkConfigFile(o.config);
+      if (!check.ok) {
+        if (o.json) console.log(JSON.stringify({ ok: false, errors: check.errors }, null, 2));
+        else {
+          console.error(`${o.config}: ${check.errors.length} error(s)`);
+          for (const e of check.errors) console.error(`  ${e.path || "(config)"}: ${e.message}`);
+        }
+        process.exitCode = 1;
+        return;
+      }
+      if (!o.identity && !o.tool) {
+        if (o.json) console.log(JSON.stringify({ ok: true, errors: [] }));
+        else console.log(`${o.config}: OK (${check.config!.rules.length} rules)`);
+        return;
+      }
+      if (!o.identity || !o.tool) throw new InvalidArgumentError(o.identity ? "tool" : "identity", "explaining a call needs both --identity and --tool");
+      let args: unknown;
+      try {
+        args = JSON.parse(o.args);
+      } catch {
+        throw new InvalidArgumentError("args", "is not valid JSON");
+      }
+      const ex = explainCall(check.config!, o.identity, o.tool, args);
+      const allowed = ex.decision.allow && ex.limits === null && (ex.overlay?.ok ?? true);
+      if (o.json) console.log(JSON.stringify({ ok: true, allowed, ...ex }, null, 2));
+      else {
+        console.log(`${allowed ? "ALLOW" : "DENY"}: ${o.identity} -> ${o.tool}`);
+        console.log(`  rule      ${ex.decision.rule ?? "(none: default deny)"}`);
+        console.log(`  reason    ${ex.decision.reason}`);
+        console.log(`  access    ${ex.access}`);
+        console.log(`  listed    ${ex.listed ? "yes" : "no"}`);
+        if (ex.limits) console.log(`  limits    ${ex.limits}`);
+        if (ex.overlay) console.log(`  overlay   ${ex.overlay.ok ? "arguments pass" : ex.overlay.error}`);
+        for (const n of ex.notes) console.log(`  note      ${n}`);
+      }
+      if (!allowed) process.exitCode = 3;
+    });
+
+  const tools = agent.command("tools").description("tool pinning");
+  tools.command("approve")
+    .description("approve a changed tool definition (or pin a given hash)")
+    .requiredOption("--config <file>", "agent configuration")
+    .argument("<tool>", "tool name")
+    .option("--hash <sha256>", "pin exactly this definition hash")
+    .action((name, o) => {
+      const cfg = loadAgentConfig(o.config);
+      const configPins: Record<string, string> = {};
+      for (const [n, d] of Object.entries(cfg.tools)) if (d.pin) configPins[n] = d.pin;
+      const store = new PinStore({ file: cfg.pinning.file, mode: cfg.pinning.mode, configPins });
+      const r = store.approve(name, o.hash);
+      console.log(`approved ${r.name}: ${r.previous ?? "(none)"} -> ${r.hash}`);
+    });
+  tools.command("list")
+    .description("list pinned tools and changes waiting for approval")
+    .requiredOption("--config <file>", "agent configuration")
+    .action((o) => {
+      const cfg = loadAgentConfig(o.config);
+      const store = new PinStore({ file: cfg.pinning.file, mode: cfg.pinning.mode });
+      for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
     });
 
   return program;

@@ -1,0 +1,346 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { errorResponse, INVALID_REQUEST, PARSE_ERROR, SESSION_NOT_FOUND, SERVER_ERROR, type JsonRpcMessage, type JsonRpcResponse } from "../jsonrpc.ts";
+import { INSPECTED_RESPONSES, type ClientMessageContext, type Gatekeeper } from "../gatekeeper.ts";
+import { DEFAULT_PROTOCOL_VERSION, type Session, type SessionTable } from "../session.ts";
+import type { Caller } from "../policy.ts";
+import type { Tool } from "../pinning.ts";
+import type { HttpUpstream, UpstreamResponse } from "../upstream/http.ts";
+import { relaySse } from "./sse.ts";
+import type { Logger } from "../../lib/log.ts";
+import type { AuditSink } from "../audit.ts";
+
+/**
+ * The Streamable HTTP edge (spec 2025-03-26 and later) in front of a Streamable HTTP upstream: POST/GET/DELETE on
+ * one endpoint. It turns bodies into parsed messages for the gatekeeper, forwards allowed bytes unchanged, and relays
+ * responses (JSON or SSE), letting the gatekeeper filter what it must read. It knows nothing of policy.
+ */
+export interface StreamableHttpEdgeOptions {
+  gate: Gatekeeper;
+  sessions: SessionTable;
+  upstream: HttpUpstream;
+  maxBodyBytes: number;
+  logger: Logger;
+  audit: AuditSink;
+}
+
+/** Client headers that reach the upstream; everything else (Authorization, Cookie, ...) stays at the agent. */
+const FORWARDED_REQUEST_HEADERS = ["content-type", "accept", "mcp-protocol-version", "last-event-id"];
+const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-control", "retry-after", "www-authenticate"];
+
+class BodyTooLarge extends Error {}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers["content-length"] ?? "-1");
+  if (declared > limit) return Promise.reject(new BodyTooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (c: Buffer) => {
+      size += c.length;
+      if (size > limit) {
+        req.removeAllListeners("data");
+        req.resume();
+        reject(new BodyTooLarge());
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
+    req.on("error", reject);
+  });
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
+  const data = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(data), ...extraHeaders });
+  res.end(data);
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+export class StreamableHttpEdge {
+  readonly #o: StreamableHttpEdgeOptions;
+
+  constructor(opts: StreamableHttpEdgeOptions) {
+    this.#o = opts;
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    try {
+      const origin = header(req, "origin");
+      if (origin !== undefined && !this.#sameOrigin(origin, header(req, "host"))) {
+        this.#o.logger.warn({ event: "origin_refused", identity: caller.id, origin }, "request with a foreign Origin refused");
+        return sendJson(res, 403, errorResponse(null, SERVER_ERROR, "Forbidden: Origin not allowed"));
+      }
+      switch (req.method) {
+        case "POST":
+          return await this.#post(req, res, caller);
+        case "GET":
+          return await this.#get(req, res, caller);
+        case "DELETE":
+          return await this.#delete(req, res, caller);
+        default:
+          res.writeHead(405, { allow: "GET, POST, DELETE" }).end();
+      }
+    } catch (e) {
+      if (e instanceof BodyTooLarge) {
+        sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.maxBodyBytes} bytes`), { connection: "close" });
+        return;
+      }
+      this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message }, "request failed");
+      if (!res.headersSent) sendJson(res, 502, errorResponse(null, SERVER_ERROR, "Upstream MCP server unavailable"));
+      else res.destroy();
+    }
+  }
+
+  #sameOrigin(origin: string, host: string | undefined): boolean {
+    try {
+      return host !== undefined && new URL(origin).host === host;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Resolves the session a request belongs to; null means "answer 404". */
+  #session(req: IncomingMessage, caller: Caller): Session | null | "stateless" {
+    const sid = header(req, "mcp-session-id");
+    if (sid === undefined) return "stateless";
+    const s = this.#o.sessions.lookup(sid, caller.id);
+    if (!s) {
+      this.#o.logger.warn({ event: "session_refused", identity: caller.id, reason: this.#o.sessions.ownedByOther(sid, caller.id) ? "session belongs to another identity" : "unknown session" }, "session refused");
+    }
+    return s;
+  }
+
+  #upstreamHeaders(req: IncomingMessage, session: Session | null, caller: Caller): Record<string, string> {
+    const h: Record<string, string> = { "x-mcpmesh-identity": caller.id };
+    for (const name of FORWARDED_REQUEST_HEADERS) {
+      const v = header(req, name);
+      if (v !== undefined) h[name] = v;
+    }
+    if (session?.upstreamId) h["mcp-session-id"] = session.upstreamId;
+    return h;
+  }
+
+  #context(session: Session, caller: Caller, req: IncomingMessage): ClientMessageContext {
+    return { caller, session, transport: "streamable-http", fetchTools: () => this.#fetchTools(session, caller, req) };
+  }
+
+  async #post(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    const body = await readBody(req, this.#o.maxBodyBytes);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(body.toString("utf8"));
+    } catch {
+      return sendJson(res, 400, errorResponse(null, PARSE_ERROR, "Parse error: the body is not valid JSON"));
+    }
+    const found = this.#session(req, caller);
+    if (found === null) return sendJson(res, 404, errorResponse(null, SESSION_NOT_FOUND, "Session not found"));
+    const isInit = !Array.isArray(parsed) && found === "stateless" && (parsed as any)?.method === "initialize";
+    const protocolHeader = header(req, "mcp-protocol-version");
+    const session =
+      found !== "stateless" ? found
+      : isInit ? this.#o.sessions.provisional(caller.id, String((parsed as any)?.params?.protocolVersion ?? DEFAULT_PROTOCOL_VERSION))
+      : this.#o.sessions.stateless(caller.id, protocolHeader ?? DEFAULT_PROTOCOL_VERSION);
+
+    const headerCheck = checkMethodHeaders(req, parsed);
+    if (headerCheck) return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, headerCheck));
+
+    const ctx = this.#context(session, caller, req);
+    let inspect = false;
+    let expectsResponse = false;
+    if (Array.isArray(parsed)) {
+      if (parsed.length === 0) return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, "Invalid Request: empty batch"));
+      if (session.protocolVersion !== "2025-03-26") {
+        return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, `Invalid Request: JSON-RPC batches are not part of protocol version ${session.protocolVersion}`));
+      }
+      const verdict = await this.#o.gate.checkBatch(ctx, parsed);
+      if (!verdict.forward) return verdict.replies.length ? sendJson(res, 200, verdict.replies) : void res.writeHead(403).end();
+      inspect = parsed.some((m: any) => INSPECTED_RESPONSES.has(m?.method));
+      expectsResponse = parsed.some((m: any) => m && "id" in m && "method" in m);
+    } else {
+      const verdict = await this.#o.gate.checkClientMessage(ctx, parsed);
+      if (verdict.action === "reply") {
+        if (verdict.reply) return sendJson(res, verdict.status, verdict.reply);
+        return sendJson(res, verdict.status, errorResponse(null, SERVER_ERROR, "Forbidden"));
+      }
+      const m = parsed as any;
+      inspect = INSPECTED_RESPONSES.has(m?.method);
+      expectsResponse = "id" in m && "method" in m;
+    }
+
+    const up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body);
+    if (isInit && up.status >= 200 && up.status < 300) {
+      const sid = up.headers["mcp-session-id"];
+      if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);
+      else this.#o.sessions.adopt(session, `~${caller.id}`, null);
+    }
+    await this.#relay(res, up, session, caller, inspect || !expectsResponse ? "inspect" : "stream");
+  }
+
+  async #get(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    const found = this.#session(req, caller);
+    if (found === null) return sendJson(res, 404, errorResponse(null, SESSION_NOT_FOUND, "Session not found"));
+    const session = found === "stateless" ? this.#o.sessions.stateless(caller.id, header(req, "mcp-protocol-version") ?? DEFAULT_PROTOCOL_VERSION) : found;
+    const ac = new AbortController();
+    const up = await this.#o.upstream.send("GET", this.#upstreamHeaders(req, found === "stateless" ? null : session, caller), undefined, ac.signal);
+    const close = () => {
+      ac.abort();
+      res.destroy();
+    };
+    session.closers.add(close);
+    res.on("close", () => {
+      session.closers.delete(close);
+      ac.abort();
+    });
+    await this.#relay(res, up, session, caller, "inspect").catch(() => {});
+  }
+
+  async #delete(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
+    const found = this.#session(req, caller);
+    if (found === null || found === "stateless") return sendJson(res, found === null ? 404 : 400, errorResponse(null, found === null ? SESSION_NOT_FOUND : INVALID_REQUEST, found === null ? "Session not found" : "Mcp-Session-Id header is required"));
+    const up = await this.#o.upstream.send("DELETE", this.#upstreamHeaders(req, found, caller));
+    if (up.status >= 200 && up.status < 300) this.#o.sessions.delete(found.key);
+    await this.#relay(res, up, found, caller, "inspect");
+  }
+
+  /**
+   * Relays an upstream response. SSE is re-framed event by event through the gatekeeper's filter. JSON bodies are
+   * parsed only when the request's response must be read ("inspect"); otherwise bytes pass through untouched.
+   */
+  async #relay(res: ServerResponse, up: UpstreamResponse, session: Session, caller: Caller, mode: "inspect" | "stream"): Promise<void> {
+    const headers: Record<string, string> = {};
+    for (const name of RELAYED_RESPONSE_HEADERS) {
+      const v = up.headers[name];
+      if (typeof v === "string") headers[name] = v;
+    }
+    const type = (headers["content-type"] ?? "").toLowerCase();
+    if (type.startsWith("text/event-stream")) {
+      res.writeHead(up.status, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" });
+      res.flushHeaders();
+      const close = () => {
+        up.body.destroy();
+        res.destroy();
+      };
+      session.closers.add(close);
+      res.on("close", () => {
+        session.closers.delete(close);
+        up.body.destroy();
+      });
+      try {
+        await relaySse(up.body, (chunk) => res.write(chunk), (ev) => this.#filterEvent(session, caller, ev.data));
+      } finally {
+        session.closers.delete(close);
+        res.end();
+      }
+      return;
+    }
+    if (mode === "stream" || !type.startsWith("application/json")) {
+      res.writeHead(up.status, headers);
+      up.body.pipe(res);
+      await new Promise<void>((resolve) => res.on("close", resolve));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    for await (const c of up.body) chunks.push(c as Buffer);
+    const raw = Buffer.concat(chunks);
+    const filtered = this.#filterEvent(session, caller, raw.toString("utf8"));
+    const out = filtered === null ? Buffer.alloc(0) : Buffer.from(filtered);
+    res.writeHead(up.status, { ...headers, "content-length": String(out.length) });
+    res.end(out);
+  }
+
+  /** One server payload (a message or a batch) through the gatekeeper; returns the text to send, or null to drop. */
+  #filterEvent(session: Session, caller: Caller, data: string): string | null {
+    if (session.pending.size === 0 && !data.includes("list_changed")) return data;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(data);
+    } catch {
+      return data;
+    }
+    if (Array.isArray(parsed)) {
+      let changed = false;
+      const out = parsed.map((m) => {
+        const f = this.#o.gate.filterServerMessage(session, caller, m as JsonRpcMessage);
+        if (f !== m) changed = true;
+        return f;
+      });
+      return changed ? JSON.stringify(out) : data;
+    }
+    if (parsed === null || typeof parsed !== "object") return data;
+    const f = this.#o.gate.filterServerMessage(session, caller, parsed as JsonRpcMessage);
+    return f === parsed ? data : JSON.stringify(f);
+  }
+
+  /** The agent lists the tools itself (all pages) when a call arrives on a session that never listed them. */
+  async #fetchTools(session: Session, caller: Caller, req: IncomingMessage): Promise<Tool[]> {
+    const tools: Tool[] = [];
+    let cursor: string | undefined;
+    for (let page = 0; page < 100; page++) {
+      const id = `mcpmesh-tools-${Date.now()}-${page}`;
+      const body = Buffer.from(JSON.stringify({ jsonrpc: "2.0", id, method: "tools/list", params: cursor ? { cursor } : {} }));
+      const headers = this.#upstreamHeaders(req, session.upstreamId ? session : null, caller);
+      headers["content-type"] = "application/json";
+      headers.accept = "application/json, text/event-stream";
+      const up = await this.#o.upstream.send("POST", headers, body);
+      const res = await readOneResponse(up, id);
+      if (!res || res.error || !Array.isArray(res.result?.tools)) throw new Error(`tools/list failed: ${res?.error?.message ?? `HTTP ${up.status}`}`);
+      tools.push(...res.result.tools);
+      cursor = typeof res.result.nextCursor === "string" ? res.result.nextCursor : undefined;
+      if (!cursor) break;
+    }
+    return tools;
+  }
+}
+
+/** Reads the response with `id` from a JSON or SSE upstream answer. */
+async function readOneResponse(up: UpstreamResponse, id: string): Promise<JsonRpcResponse | null> {
+  const type = String(up.headers["content-type"] ?? "");
+  if (type.startsWith("text/event-stream")) {
+    let found: JsonRpcResponse | null = null;
+    await relaySse(up.body, () => {}, (ev) => {
+      try {
+        const m = JSON.parse(ev.data);
+        if (m?.id === id) {
+          found = m;
+          up.body.destroy();
+        }
+      } catch {
+        // not JSON: not ours
+      }
+      return null;
+    }).catch(() => {});
+    return found;
+  }
+  const chunks: Buffer[] = [];
+  for await (const c of up.body) chunks.push(c as Buffer);
+  try {
+    const m = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    return m?.id === id ? m : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The 2026 stateless revision mirrors the method (and tool/resource/prompt name) in headers so intermediaries can
+ * route without parsing. The agent always decides on the body; headers that disagree with it are refused.
+ */
+export function checkMethodHeaders(req: IncomingMessage, parsed: unknown): string | null {
+  const method = header(req, "mcp-method");
+  const name = header(req, "mcp-name");
+  if (method === undefined && name === undefined) return null;
+  if (Array.isArray(parsed) || parsed === null || typeof parsed !== "object") return "Mcp-Method/Mcp-Name headers require a single JSON-RPC message";
+  const m = parsed as { method?: unknown; params?: Record<string, unknown> };
+  if (method !== undefined && method !== m.method) return "Mcp-Method header does not match the body's method";
+  if (name !== undefined) {
+    const p = m.params ?? {};
+    const bodyName = m.method === "resources/read" || m.method === "resources/subscribe" || m.method === "resources/unsubscribe" ? p.uri : p.name;
+    if (name !== bodyName) return "Mcp-Name header does not match the body";
+  }
+  return null;
+}

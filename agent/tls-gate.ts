@@ -1,0 +1,111 @@
+import { constants as cryptoConstants } from "node:crypto";
+import { readFileSync } from "node:fs";
+import type { TLSSocket, SecureContextOptions } from "node:tls";
+import { InvalidArgumentError } from "../lib/errors.ts";
+import { splitPemCertificates } from "../lib/x509.ts";
+import type { Logger } from "../lib/log.ts";
+import type { Identity } from "../identity/store.ts";
+import { checkPeerSvid, describeTlsAuthError } from "./svid.ts";
+import type { RevocationList } from "./revocation.ts";
+
+/** What the gate learned about an accepted peer; attached to the connection and every session opened on it. */
+export interface PeerIdentity {
+  id: string;
+  serial: string;
+  issuer: string;
+  notBefore: number;
+  notAfter: number;
+}
+
+export interface TlsGateOptions {
+  trustDomains: readonly string[];
+  /** The current revocation list, or null when none is configured. */
+  revocation: () => RevocationList | null;
+  /** Connection-level authorization: could any allow rule ever apply to this identity? */
+  admits: (id: string) => boolean;
+  logger: Logger;
+}
+
+/** TLS 1.2, when an operator opts in, is limited to ECDHE key exchange with AEAD ciphers. */
+const TLS12_CIPHERS = [
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+const TLS13_CIPHERS = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
+/** The trust bundle: the identity's roots plus any extra bundle files (other trust domains' roots). */
+export function loadTrustBundle(identity: Identity, extraFiles: readonly string[]): string[] {
+  const roots = splitPemCertificates(identity.rootsPem);
+  for (const f of extraFiles) {
+    let pem: string;
+    try {
+      pem = readFileSync(f, "utf8");
+    } catch (e) {
+      throw new InvalidArgumentError("trustBundles", `cannot read ${f}: ${(e as Error).message}`);
+    }
+    const certs = splitPemCertificates(pem);
+    if (certs.length === 0) throw new InvalidArgumentError("trustBundles", `${f} holds no PEM certificate`);
+    roots.push(...certs);
+  }
+  return roots;
+}
+
+/**
+ * Server TLS options. Session tickets are off and no session cache is installed, so every connection performs a
+ * full handshake and passes the gate: a revoked or expired client cannot come back on a resumed session.
+ */
+export function serverTlsOptions(identity: Identity, bundle: string[], minVersion: "TLSv1.2" | "TLSv1.3"): SecureContextOptions & { requestCert: true; rejectUnauthorized: false; honorCipherOrder: true } {
+  return {
+    key: identity.keyPem,
+    cert: identity.certPem,
+    ca: bundle,
+    requestCert: true,
+    rejectUnauthorized: false,
+    minVersion,
+    maxVersion: "TLSv1.3",
+    ciphers: `${TLS13_CIPHERS}:${TLS12_CIPHERS}`,
+    honorCipherOrder: true,
+    ecdhCurve: "X25519:P-256:P-384",
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION | cryptoConstants.SSL_OP_NO_COMPRESSION,
+  };
+}
+
+/**
+ * The TLS gate. Node is run with rejectUnauthorized off so that the gate sees, and logs, why a peer fails; it then
+ * decides every connection itself: chain (Node's verdict), SVID rules, revocation, and whether any rule admits the
+ * identity at all. One generic refusal to the peer (the connection closes), the precise reason in the log.
+ */
+export class TlsGate {
+  #o: TlsGateOptions;
+
+  constructor(opts: TlsGateOptions) {
+    this.#o = opts;
+  }
+
+  update(opts: Partial<TlsGateOptions>): void {
+    this.#o = { ...this.#o, ...opts };
+  }
+
+  /** Returns the peer's identity, or null after logging why the connection must be closed. */
+  check(socket: TLSSocket, now = Date.now()): PeerIdentity | null {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const refuse = (reason: string, detail: string, id?: string): null => {
+      this.#o.logger.warn({ event: "handshake_refused", remote, reason, detail, identity: id }, "client refused at the TLS gate");
+      return null;
+    };
+    if (socket.isSessionReused()) return refuse("session_resumed", "TLS session resumption is not accepted");
+    const cert = socket.getPeerX509Certificate();
+    if (!cert) return refuse("no_client_certificate", "the client presented no certificate");
+    if (!socket.authorized) return refuse(describeTlsAuthError(socket.authorizationError), String(socket.authorizationError));
+    const svid = checkPeerSvid(cert.raw, { trustDomains: this.#o.trustDomains, purpose: "client", now });
+    if (!svid.ok) return refuse(svid.reason, svid.detail);
+    const revocation = this.#o.revocation();
+    if (revocation && revocation.isRevoked(svid.serial, svid.issuer)) return refuse("revoked", `certificate ${svid.serial} is revoked`, svid.id);
+    if (!this.#o.admits(svid.id)) return refuse("not_admitted", "no allow rule admits this identity", svid.id);
+    return { id: svid.id, serial: svid.serial, issuer: svid.issuer, notBefore: svid.notBefore, notAfter: svid.notAfter };
+  }
+}

@@ -1,0 +1,52 @@
+import { Agent, request, type Dispatcher } from "undici";
+import type { Readable } from "node:stream";
+import { MeshError } from "../../lib/errors.ts";
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Readable;
+}
+
+export class UpstreamError extends MeshError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("MCPMESH_UPSTREAM", message, options);
+  }
+}
+
+/**
+ * The Streamable HTTP server behind the agent, reached over keep-alive connections (undici), on loopback or a unix
+ * socket. Only the headers MCP needs are sent; the caller's identity travels as X-MCPMesh-Identity.
+ */
+export class HttpUpstream {
+  readonly url: URL;
+  readonly #dispatcher: Dispatcher;
+  readonly #timeoutMs: number;
+
+  constructor(opts: { url: string; socketPath?: string; timeoutMs: number; connections?: number }) {
+    this.url = new URL(opts.url);
+    this.#timeoutMs = opts.timeoutMs;
+    this.#dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: opts.connections ?? 128,
+      pipelining: 1,
+      connect: opts.socketPath ? { socketPath: opts.socketPath } : undefined,
+      // Streams (SSE) may stay open indefinitely; the per-request timeout covers getting the headers.
+      bodyTimeout: 0,
+      headersTimeout: opts.timeoutMs,
+    });
+  }
+
+  async send(method: "GET" | "POST" | "DELETE", headers: Record<string, string>, body?: Buffer, signal?: AbortSignal): Promise<UpstreamResponse> {
+    try {
+      const res = await request(this.url, { method, headers, body, dispatcher: this.#dispatcher, signal, headersTimeout: this.#timeoutMs });
+      return { status: res.statusCode, headers: res.headers, body: res.body as unknown as Readable };
+    } catch (e) {
+      throw new UpstreamError(`upstream ${this.url.origin} unavailable: ${(e as Error).message}`, { cause: e });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#dispatcher.destroy();
+  }
+}

@@ -1,0 +1,60 @@
+import { checkServerIdentity } from "node:tls";
+import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
+import { loadIdentity, type Identity } from "./store.ts";
+import { checkPeerSvid } from "../agent/svid.ts";
+
+export interface MeshFetchOptions {
+  /** Require the server (agent) to present exactly this SPIFFE ID. */
+  expect?: string;
+  /** Re-read the identity directory when its certificate changed on disk (renewal). Default true. */
+  follow?: boolean;
+}
+
+export type MeshFetch = typeof fetch & { close(): Promise<void> };
+
+/**
+ * A `fetch` that speaks mTLS with an enrolled identity, for the MCP SDK's transports (`{ fetch: createMeshFetch(dir) }`).
+ * The agent's certificate is verified against the mesh roots only (never the system store) and, with `expect`, must
+ * carry that SPIFFE ID. When the identity is renewed on disk, new connections use the new certificate.
+ */
+export function createMeshFetch(dir: string, opts: MeshFetchOptions = {}): MeshFetch {
+  let identity: Identity = loadIdentity(dir);
+  let dispatcher: Dispatcher = makeDispatcher(identity, opts);
+  const old: Dispatcher[] = [];
+  const current = (): Dispatcher => {
+    if (opts.follow === false) return dispatcher;
+    const next = loadIdentity(dir);
+    if (next.serial !== identity.serial) {
+      identity = next;
+      old.push(dispatcher);
+      dispatcher = makeDispatcher(identity, opts);
+      // Old connections finish their in-flight requests, then close.
+      void old.shift()?.close();
+    }
+    return dispatcher;
+  };
+  const f = ((input: any, init?: any) => undiciFetch(input, { ...(init ?? {}), dispatcher: current() }) as unknown as Promise<Response>) as MeshFetch;
+  f.close = async () => {
+    await Promise.all([dispatcher, ...old].map((d) => d.close()));
+  };
+  return f;
+}
+
+function makeDispatcher(identity: Identity, opts: MeshFetchOptions): Dispatcher {
+  return new Agent({
+    connect: {
+      cert: identity.certPem,
+      key: identity.keyPem,
+      ca: identity.rootsPem,
+      minVersion: "TLSv1.3",
+      checkServerIdentity: (host, cert) => {
+        // Without an expected SPIFFE ID the agent is checked like any HTTPS server: by its DNS/IP SANs.
+        if (!opts.expect) return checkServerIdentity(host, cert);
+        const res = checkPeerSvid(cert.raw, { trustDomains: [new URL(opts.expect).host], purpose: "server" });
+        if (!res.ok) return new Error(`agent certificate rejected: ${res.reason}: ${res.detail}`);
+        if (res.id !== opts.expect) return new Error(`agent is ${res.id}, expected ${opts.expect}`);
+        return undefined;
+      },
+    },
+  });
+}
