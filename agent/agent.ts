@@ -34,6 +34,8 @@ export interface RunningAgent {
   server: Server;
   /** Re-reads config, identity and trust bundle; keeps the old state if anything is broken. */
   reload(): Promise<void>;
+  /** Fetches the CA's CRL now (it is also polled every 30 s). */
+  refreshRevocation(): Promise<void>;
   /** Closes every connection of an identity (revocation). */
   disconnect(identity: string): number;
   close(): Promise<void>;
@@ -224,6 +226,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     server,
     reload,
     disconnect,
+    refreshRevocation: refreshCrl,
     close: async () => {
       clearInterval(sweep);
       if (crlTimer) clearInterval(crlTimer);

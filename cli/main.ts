@@ -13,6 +13,7 @@ import { loadAgentConfig } from "../agent/config.ts";
 import { startAgent } from "../agent/agent.ts";
 import { checkConfigFile, explainCall } from "../agent/explain.ts";
 import { PinStore } from "../agent/pinning.ts";
+import { runDemo } from "./demo.ts";
 
 /**
  * The `mcpmesh` command line. Every command is a thin shell over a library function; this is the only place that
@@ -268,6 +269,13 @@ export function buildProgram(): Command {
       const cfg = loadAgentConfig(o.config);
       const store = new PinStore({ file: cfg.pinning.file, mode: cfg.pinning.mode });
       for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
+    });
+
+  program.command("demo")
+    .description("run a whole mesh on this machine, narrated: CA, enrollment, agent, policy, rotation, revocation")
+    .option("--keep", "keep the demo's files")
+    .action(async (o) => {
+      await runDemo({ keep: o.keep });
     });
 
   return program;

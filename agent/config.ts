@@ -1,0 +1,792 @@
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { isIP } from "node:net";
+import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
+import { parseDocument } from "yaml";
+import { MeshError, isMeshError } from "../lib/errors.ts";
+import { parseDuration } from "../lib/duration.ts";
+import { validateTrustDomain } from "../lib/spiffe.ts";
+import { compileIdentityPattern, compileNameGlob, compileUriGlob, GATED_METHODS, type CompiledIdentityPattern } from "./policy.ts";
+import { overlaySchemaError } from "./schema.ts";
+
+/** Operator-declared access class of a tool. The server's own hints are not trusted unless `trustAnnotations` says so. */
+export type AccessClass = "read" | "write";
+
+/** Where the agent serves mTLS. Written `host:port` in the config; IPv6 hosts in brackets (`[::1]:8443`). */
+export interface ListenAddress {
+  host: string;
+  /** 0 asks the OS for a free port (tests). */
+  port: number;
+}
+
+/** What the operator says about one tool (keyed by the exact tool name under `tools:`). */
+export interface ToolDeclaration {
+  /** The tool's access class, used by rules' `access:` lists. Undeclared tools are "unknown" (see `trustAnnotations`). */
+  access?: AccessClass;
+  /**
+   * A JSON Schema applied to `tools/call` arguments in addition to the server's own input schema (both must pass).
+   * Dialect from its `$schema`; without one, 2020-12. Unknown keywords are rejected, so typos surface at load time.
+   */
+  schema?: Record<string, unknown> | boolean;
+  /** sha256 hex of the tool's canonical definition (see pinning.ts `toolHash`). Always wins over stored pins. */
+  pin?: string;
+}
+
+/** A value under a rule's `arguments:`: a literal the argument must equal, or a string with `{capture}` references. */
+export type ArgumentConstraint = string | number | boolean | null;
+
+/**
+ * One policy rule. A rule applies to a caller whose SPIFFE ID matches one of `clients`, and to a target that it names:
+ * a tool matching `tools` (name globs) OR whose access class is in `access`; a resource URI matching `resources`; a
+ * prompt matching `prompts`. Default deny; any applicable deny beats every allow, whatever the order.
+ *
+ * A deny rule naming no target at all blocks the matching identities entirely (every method, the connection itself),
+ * which is the quick way to shut out a compromised identity while its revocation propagates.
+ */
+export interface RuleConfig {
+  /** Name used in audit logs and decisions. Default `rules[i]`. Unique. */
+  id: string;
+  /** Identity patterns: `*` within a segment, `**` across segments, `{name}` captures one segment; `*` alone = anyone. */
+  clients: string[];
+  /** Tool name globs (`*` = any run of characters). */
+  tools?: string[];
+  /** Access classes; a tool whose class is listed matches even if its name is not in `tools`. */
+  access?: AccessClass[];
+  /** Resource URI globs for resources/read|subscribe|unsubscribe (`*` within a path segment, `**` across). */
+  resources?: string[];
+  /** Prompt name globs for prompts/get. */
+  prompts?: string[];
+  /**
+   * Constraints on top-level `tools/call` arguments. A string may contain `{capture}` references to captures that every
+   * `clients` pattern defines; the argument must then be a string equal to the substituted text. Other values must be
+   * equal (same JSON type). For allow rules a failed constraint means the rule does not apply; a deny rule with
+   * constraints denies only when they all hold.
+   */
+  arguments?: Record<string, ArgumentConstraint>;
+  /** Allow rules only: the client certificate must have been issued (notBefore) at most this long ago. Config: `10m`. */
+  stepUpMs?: number;
+  /** Default "allow". */
+  effect: "allow" | "deny";
+}
+
+/** The MCP server behind the agent: exactly one of `url` (Streamable HTTP), `sse` (legacy HTTP+SSE), `command` (stdio). */
+export interface UpstreamConfig {
+  url?: string;
+  sse?: string;
+  /** `[program, ...args]`; the agent supervises the child. */
+  command?: string[];
+  /** Extra environment for `command` (merged over nothing: the child gets only PATH plus these, as the agent decides). */
+  env?: Record<string, string>;
+  /** Working directory for `command`, resolved against the config file's directory. */
+  cwd?: string;
+  /** Allow `url`/`sse` hosts that are not loopback. Default false: the server should not be reachable around the agent. */
+  unsafeUpstream: boolean;
+  /** Per-request timeout towards the upstream. Config: `timeout: 60s` (default). */
+  timeoutMs: number;
+}
+
+/** Hard bounds on client input, checked before anything is parsed further or forwarded. */
+export interface LimitsConfig {
+  /** Largest HTTP/WebSocket message body. Default 1 MiB. */
+  maxBodyBytes: number;
+  /** Largest serialized `tools/call` arguments object. Default 256 KiB. */
+  maxArgumentBytes: number;
+  /** Deepest nesting of objects/arrays in arguments. Default 32. */
+  maxDepth: number;
+  /** Longest string (value or key) in arguments, in UTF-16 code units. Default 65536. */
+  maxStringLength: number;
+}
+
+/** Tool pinning (rug-pull defence). */
+export interface PinningConfig {
+  /** Where pins are kept. Default `pins.json` next to the config file. */
+  file: string;
+  /** `tofu` (default): pin each tool on first sight. `strict`: only `tools.X.pin` hashes count; unpinned tools are hidden. */
+  mode: "tofu" | "strict";
+}
+
+/** Decision audit log. */
+export interface AuditConfig {
+  /** JSON lines appended to this file; absent = stdout. */
+  file?: string;
+}
+
+export interface TlsConfig {
+  /** Default TLSv1.3; TLSv1.2 is an explicit opt-in for old clients. */
+  minVersion: "TLSv1.2" | "TLSv1.3";
+}
+
+/** The validated agent configuration, with defaults applied, durations in ms and file paths absolute. */
+export interface AgentConfig {
+  listen: ListenAddress;
+  /** Identity directory (key.pem, cert.pem, ca.pem) written by `mcpmesh enroll`. Absolute. */
+  identity: string;
+  /** The mesh CA's https URL, for renewal and the revocation feed. Optional. */
+  ca?: string;
+  /** Extra trust roots (PEM files), e.g. for federated trust domains. Absolute paths. Default []. */
+  trustBundles: string[];
+  /** Accepted client trust domains. Absent = the agent's own, filled in by the agent before compiling the policy. */
+  trustDomains?: string[];
+  tls: TlsConfig;
+  upstream: UpstreamConfig;
+  /** Per exact tool name. A null-prototype record, so names like `constructor` are safe to look up. Default {}. */
+  tools: Record<string, ToolDeclaration>;
+  /** Use the server's `annotations.readOnlyHint` for undeclared tools (read if true, write otherwise). Default false. */
+  trustAnnotations: boolean;
+  rules: RuleConfig[];
+  /** JSON-RPC methods allowed for every admitted identity beyond the built-in safe list. Default []. */
+  methods: string[];
+  limits: LimitsConfig;
+  pinning: PinningConfig;
+  audit: AuditConfig;
+  /** Directory relative paths were resolved against. */
+  baseDir: string;
+  /** The file the config came from, when loaded from one. */
+  file?: string;
+}
+
+export interface ConfigIssue {
+  /** Config path in config syntax: `rules[1].effect`, `upstream`, or "" for the document as a whole. */
+  path: string;
+  message: string;
+}
+
+/** A config file or object is invalid. Carries every problem found, not just the first. */
+export class ConfigError extends MeshError {
+  readonly errors: ConfigIssue[];
+  constructor(errors: ConfigIssue[], source?: string) {
+    const head = source ? `invalid agent config ${source}` : "invalid agent config";
+    const lines = errors.map((e) => `  ${e.path === "" ? "(config)" : e.path}: ${e.message}`);
+    super("MCPMESH_CONFIG", `${head} (${errors.length} error${errors.length === 1 ? "" : "s"}):\n${lines.join("\n")}`);
+    this.errors = errors;
+  }
+}
+
+export const DEFAULT_LIMITS: Readonly<LimitsConfig> = Object.freeze({
+  maxBodyBytes: 1_048_576,
+  maxArgumentBytes: 262_144,
+  maxDepth: 32,
+  maxStringLength: 65_536,
+});
+export const DEFAULT_UPSTREAM_TIMEOUT_MS = 60_000;
+export const DEFAULT_PIN_FILE = "pins.json";
+
+const stringList = (minItems = 1) => ({
+  type: "array",
+  minItems,
+  uniqueItems: true,
+  items: { type: "string", minLength: 1 },
+});
+const accessEnum = { type: "string", enum: ["read", "write"] };
+
+// The JSON schema catches shape errors (types, unknown fields, enums); everything that needs parsing or cross-field
+// knowledge is in semanticChecks. `x-hint` is our own annotation: the message shown when a `pattern` fails.
+const CONFIG_SCHEMA = {
+  type: "object",
+  additionalProperties: false,
+  required: ["listen", "identity", "upstream", "rules"],
+  properties: {
+    listen: { type: "string", minLength: 1 },
+    identity: { type: "string", minLength: 1 },
+    ca: { type: "string", minLength: 1 },
+    trustBundles: stringList(0),
+    trustDomains: stringList(1),
+    tls: {
+      type: "object",
+      additionalProperties: false,
+      properties: { minVersion: { type: "string", enum: ["TLSv1.3", "TLSv1.2"] } },
+    },
+    upstream: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        url: { type: "string", minLength: 1 },
+        sse: { type: "string", minLength: 1 },
+        command: { type: "array", minItems: 1, items: { type: "string" } },
+        env: { type: "object", additionalProperties: { type: "string" } },
+        cwd: { type: "string", minLength: 1 },
+        unsafeUpstream: { type: "boolean" },
+        timeout: { type: "string", minLength: 1 },
+      },
+    },
+    tools: {
+      type: "object",
+      propertyNames: { minLength: 1 },
+      additionalProperties: {
+        type: "object",
+        additionalProperties: false,
+        properties: {
+          access: accessEnum,
+          schema: { type: ["object", "boolean"] },
+          pin: { type: "string", pattern: "^[0-9a-fA-F]{64}$", "x-hint": "must be a sha256 hex digest (64 hex characters)" },
+        },
+      },
+    },
+    trustAnnotations: { type: "boolean" },
+    rules: {
+      type: "array",
+      items: {
+        type: "object",
+        additionalProperties: false,
+        required: ["clients"],
+        properties: {
+          id: { type: "string", minLength: 1 },
+          clients: stringList(1),
+          tools: stringList(1),
+          access: { type: "array", minItems: 1, uniqueItems: true, items: accessEnum },
+          resources: stringList(1),
+          prompts: stringList(1),
+          arguments: {
+            type: "object",
+            propertyNames: { minLength: 1 },
+            additionalProperties: { type: ["string", "number", "boolean", "null"] },
+          },
+          stepUp: { type: "string", minLength: 1 },
+          effect: { type: "string", enum: ["allow", "deny"] },
+        },
+      },
+    },
+    methods: stringList(0),
+    limits: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        maxBodyBytes: { type: "integer", minimum: 1 },
+        maxArgumentBytes: { type: "integer", minimum: 1 },
+        maxDepth: { type: "integer", minimum: 1, maximum: 1024 },
+        maxStringLength: { type: "integer", minimum: 1 },
+      },
+    },
+    pinning: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        file: { type: "string", minLength: 1 },
+        mode: { type: "string", enum: ["tofu", "strict"] },
+      },
+    },
+    audit: {
+      type: "object",
+      additionalProperties: false,
+      properties: { file: { type: "string", minLength: 1 } },
+    },
+  },
+} as const;
+
+let validateConfigShape: ValidateFunction | undefined;
+function shapeValidator(): ValidateFunction {
+  if (!validateConfigShape) {
+    const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true, logger: false });
+    ajv.addKeyword({ keyword: "x-hint", schemaType: "string" });
+    validateConfigShape = ajv.compile(CONFIG_SCHEMA);
+  }
+  return validateConfigShape;
+}
+
+/** Reads and validates an agent config file (YAML or JSON; JSON is parsed as YAML 1.2, which also rejects duplicate keys). */
+export function loadAgentConfig(file: string): AgentConfig {
+  const path = resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "file not found" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "is a directory" : "cannot be read";
+    throw new ConfigError([{ path: "", message: `${path}: ${why}` }], path);
+  }
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: true, strict: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(
+      doc.errors.map((err) => {
+        const pos = err.linePos?.[0];
+        const where = pos ? `line ${pos.line}, column ${pos.col}: ` : "";
+        return { path: "", message: `${where}${firstLine(err.message).replace(/ at line \d+, column \d+:?$/, "")}` };
+      }),
+      path,
+    );
+  }
+  const obj: unknown = doc.toJS({ maxAliasCount: 100 });
+  return parseAgentConfig(obj, dirname(path), path);
+}
+
+function firstLine(s: string): string {
+  const i = s.indexOf("\n");
+  return i < 0 ? s : s.slice(0, i);
+}
+
+/**
+ * Validates a config object (already parsed) and returns it normalized. Throws one ConfigError listing every problem.
+ * `baseDir` anchors relative paths; `source` only names the origin in the error message.
+ */
+export function parseAgentConfig(obj: unknown, baseDir: string, source?: string): AgentConfig {
+  const errors: ConfigIssue[] = [];
+  const seen = new Set<string>();
+  const add = (path: string, message: string) => {
+    const key = `${path}\u0000${message}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      errors.push({ path, message });
+    }
+  };
+
+  if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
+    throw new ConfigError([{ path: "", message: "must be a mapping of settings (listen, identity, upstream, rules, ...)" }], source);
+  }
+  const validate = shapeValidator();
+  if (!validate(obj)) {
+    for (const err of validate.errors ?? []) {
+      const issue = describeAjvError(err, obj);
+      if (issue) add(issue.path, issue.message);
+    }
+  }
+  const cfg = semanticChecks(obj as Record<string, unknown>, resolve(baseDir), add);
+  if (errors.length > 0) throw new ConfigError(sortIssues(errors), source);
+  if (source) cfg.file = source;
+  return cfg;
+}
+
+const FIELD_ORDER = Object.keys(CONFIG_SCHEMA.properties);
+
+/** Orders issues as the config reads (top-level field, then list index), keeping the order found within each. */
+function sortIssues(errors: ConfigIssue[]): ConfigIssue[] {
+  const rank = (p: string): [number, number] => {
+    const m = /^([^.[]*)(?:\[(\d+)\])?/.exec(p)!;
+    const top = FIELD_ORDER.indexOf(m[1]);
+    return [p === "" ? -1 : top < 0 ? FIELD_ORDER.length : top, m[2] === undefined ? -1 : Number(m[2])];
+  };
+  return errors
+    .map((e, i) => ({ e, i, r: rank(e.path) }))
+    .sort((a, b) => a.r[0] - b.r[0] || a.r[1] - b.r[1] || a.i - b.i)
+    .map((x) => x.e);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// ajv error → config-path message
+
+/** Renders a JSON pointer in config syntax, using the data to tell array indexes from keys that look like numbers. */
+export function configPath(pointer: string, root: unknown): string {
+  if (pointer === "") return "";
+  const segs = pointer.split("/").slice(1).map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
+  let out = "";
+  let node: unknown = root;
+  for (const seg of segs) {
+    out = appendPath(out, seg, Array.isArray(node));
+    node = node !== null && typeof node === "object" ? (node as Record<string, unknown>)[seg] : undefined;
+  }
+  return out;
+}
+
+function appendPath(base: string, key: string | number, isIndex: boolean): string {
+  if (isIndex || typeof key === "number") return `${base}[${key}]`;
+  if (/^[A-Za-z_$][\w$-]*$/.test(key)) return base === "" ? key : `${base}.${key}`;
+  return `${base}[${JSON.stringify(key)}]`;
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  integer: "an integer",
+  boolean: "a boolean (true or false)",
+  object: "a mapping",
+  array: "a list",
+  null: "null",
+};
+
+function describeAjvError(err: ErrorObject, root: unknown): ConfigIssue | null {
+  const base = configPath(err.instancePath, root);
+  const p = err.params as Record<string, unknown>;
+  const parent = err.parentSchema as Record<string, unknown> | undefined;
+  if (err.propertyName !== undefined) {
+    return { path: appendPath(base, err.propertyName, false), message: "name must not be empty" };
+  }
+  switch (err.keyword) {
+    case "propertyNames":
+      return null; // reported through the nested error, which names the offending key
+    case "additionalProperties": {
+      const key = String(p.additionalProperty);
+      const known = Object.keys((parent?.properties as Record<string, unknown> | undefined) ?? {});
+      const guess = closest(key, known);
+      const hint = guess ? ` (did you mean "${guess}"?)` : known.length > 0 ? ` (known fields: ${known.join(", ")})` : "";
+      return { path: appendPath(base, key, false), message: `unknown field${hint}` };
+    }
+    case "required":
+      return { path: appendPath(base, String(p.missingProperty), false), message: "is required" };
+    case "type": {
+      const types = String(p.type).split(",");
+      const words = types.map((t) => TYPE_WORDS[t] ?? t);
+      const list = words.length === 1 ? words[0] : `${words.slice(0, -1).join(", ")} or ${words[words.length - 1]}`;
+      return { path: base, message: `must be ${list}` };
+    }
+    case "enum":
+      return { path: base, message: `must be one of ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(", ")}` };
+    case "minItems":
+      return { path: base, message: p.limit === 1 ? "must not be empty" : `must have at least ${String(p.limit)} items` };
+    case "minLength":
+      return { path: base, message: "must not be empty" };
+    case "uniqueItems":
+      return { path: base, message: `must not contain duplicates (items ${String(p.j)} and ${String(p.i)} are equal)` };
+    case "minimum":
+      return { path: base, message: `must be at least ${String(p.limit)}` };
+    case "maximum":
+      return { path: base, message: `must be at most ${String(p.limit)}` };
+    case "pattern":
+      return { path: base, message: typeof parent?.["x-hint"] === "string" ? parent["x-hint"] : `must match ${String(p.pattern)}` };
+    default:
+      return { path: base, message: err.message ?? `fails ${err.keyword}` };
+  }
+}
+
+/** The known name closest to a typo, if it is close enough to be a plausible intent. */
+function closest(word: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const d = editDistance(word.toLowerCase(), c.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return best !== undefined && bestD <= Math.max(1, Math.floor(best.length / 3)) ? best : undefined;
+}
+
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 3) return 99;
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length];
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// semantic checks and normalization
+//
+// These run even when the shape check failed, so one pass reports everything; each check therefore looks at the
+// type of what it reads and silently skips values the shape check has already complained about.
+
+type Add = (path: string, message: string) => void;
+
+const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
+const isStr = (v: unknown): v is string => typeof v === "string" && v.length > 0;
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter(isStr) : []);
+
+function errMessage(e: unknown): string {
+  if (isMeshError(e) && "field" in e) {
+    // InvalidArgumentError prefixes the field; the issue carries the path separately.
+    const field = String((e as { field: unknown }).field);
+    return e.message.startsWith(`${field}: `) ? e.message.slice(field.length + 2) : e.message;
+  }
+  return e instanceof Error ? e.message : String(e);
+}
+
+function duration(v: unknown, path: string, add: Add): number | undefined {
+  if (!isStr(v)) return undefined;
+  try {
+    return parseDuration(v, path);
+  } catch (e) {
+    add(path, errMessage(e));
+    return undefined;
+  }
+}
+
+/** Parses `host:port` / `[v6]:port`. Exported for the CLI's `--listen` flags. */
+export function parseListenAddress(text: string): ListenAddress | string {
+  let host: string;
+  let portText: string;
+  if (text.startsWith("[")) {
+    const close = text.indexOf("]");
+    if (close < 0) return "has an unclosed '[' (IPv6 addresses are written [::1]:8443)";
+    host = text.slice(1, close);
+    if (isIP(host) !== 6) return `"${host}" in brackets is not an IPv6 address`;
+    if (text[close + 1] !== ":") return "needs a port: host:port, e.g. [::1]:8443";
+    portText = text.slice(close + 2);
+  } else {
+    const colon = text.lastIndexOf(":");
+    if (colon < 0) return "needs a port: host:port, e.g. 127.0.0.1:8443";
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(":")) return "IPv6 addresses must be in brackets, e.g. [::1]:8443";
+    if (host === "") return "needs a host: host:port, e.g. 127.0.0.1:8443 (0.0.0.0 for all interfaces)";
+    if (isIP(host) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host)) {
+      return `"${host}" is not a valid host name or IP address`;
+    }
+  }
+  if (!/^\d{1,5}$/.test(portText)) return portText === "" ? "needs a port after ':'" : `port "${portText}" is not a number`;
+  const port = Number(portText);
+  if (port > 65535) return `port ${port} is out of range (0-65535)`;
+  return { host, port };
+}
+
+/** True for hosts that cannot leave this machine: localhost, 127.0.0.0/8, ::1 (and its IPv4-mapped form). */
+export function isLoopbackHost(hostname: string): boolean {
+  const h = hostname.startsWith("[") && hostname.endsWith("]") ? hostname.slice(1, -1).toLowerCase() : hostname.toLowerCase();
+  if (h === "localhost" || h.endsWith(".localhost")) return true;
+  if (isIP(h) === 4) return h.startsWith("127.");
+  if (isIP(h) === 6) return h === "::1" || /^::ffff:127\./.test(h) || /^::ffff:7f[0-9a-f]{2}:/.test(h);
+  return false;
+}
+
+function checkUpstreamUrl(v: unknown, path: string, unsafe: boolean, add: Add): string | undefined {
+  if (!isStr(v)) return undefined;
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    add(path, `"${v}" is not a URL (e.g. http://127.0.0.1:3001/mcp)`);
+    return undefined;
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    add(path, `must be an http:// or https:// URL, not ${u.protocol}`);
+    return undefined;
+  }
+  if (u.username || u.password) add(path, "must not carry credentials in the URL");
+  if (!unsafe && !isLoopbackHost(u.hostname)) {
+    add(path, `host "${u.hostname}" is not loopback; the server would be reachable around the agent (set upstream.unsafeUpstream: true if you mean it)`);
+  }
+  return v;
+}
+
+function resolvePath(baseDir: string, p: string): string {
+  return isAbsolute(p) ? p : resolve(baseDir, p);
+}
+
+const CAPTURE_REF = /\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
+
+function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add): AgentConfig {
+  // listen
+  let listen: ListenAddress = { host: "127.0.0.1", port: 0 };
+  if (isStr(raw.listen)) {
+    const r = parseListenAddress(raw.listen);
+    if (typeof r === "string") add("listen", r);
+    else listen = r;
+  }
+
+  // ca
+  let ca: string | undefined;
+  if (isStr(raw.ca)) {
+    try {
+      const u = new URL(raw.ca);
+      if (u.protocol !== "https:") add("ca", `must be an https:// URL, not ${u.protocol}`);
+      else ca = raw.ca;
+    } catch {
+      add("ca", `"${raw.ca}" is not a URL (e.g. https://127.0.0.1:9443)`);
+    }
+  }
+
+  // trust domains
+  let trustDomains: string[] | undefined;
+  if (Array.isArray(raw.trustDomains)) {
+    trustDomains = [];
+    raw.trustDomains.forEach((td, i) => {
+      if (typeof td !== "string") return;
+      try {
+        trustDomains!.push(validateTrustDomain(td, `trustDomains[${i}]`));
+      } catch (e) {
+        add(`trustDomains[${i}]`, errMessage(e));
+      }
+    });
+  }
+
+  // tls
+  const tlsRaw = isObj(raw.tls) ? raw.tls : {};
+  const tls: TlsConfig = { minVersion: tlsRaw.minVersion === "TLSv1.2" ? "TLSv1.2" : "TLSv1.3" };
+
+  // upstream
+  const up = isObj(raw.upstream) ? raw.upstream : {};
+  const unsafe = up.unsafeUpstream === true;
+  const upstream: UpstreamConfig = { unsafeUpstream: unsafe, timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_MS };
+  if (isObj(raw.upstream)) {
+    const kinds = (["url", "sse", "command"] as const).filter((k) => up[k] !== undefined);
+    if (kinds.length !== 1) {
+      add("upstream", kinds.length === 0 ? "must have exactly one of url, sse, command" : `must have exactly one of url, sse, command (found ${kinds.join(" and ")})`);
+    }
+    upstream.url = checkUpstreamUrl(up.url, "upstream.url", unsafe, add);
+    upstream.sse = checkUpstreamUrl(up.sse, "upstream.sse", unsafe, add);
+    if (Array.isArray(up.command)) {
+      if (up.command.length > 0 && up.command[0] === "") add("upstream.command[0]", "the program must not be empty");
+      if (up.command.every((c) => typeof c === "string")) upstream.command = [...(up.command as string[])];
+    }
+    for (const k of ["env", "cwd"] as const) {
+      if (up[k] !== undefined && up.command === undefined) add(`upstream.${k}`, "only applies to upstream.command");
+    }
+    if (isObj(up.env)) {
+      const env: Record<string, string> = Object.create(null);
+      for (const [k, v] of Object.entries(up.env)) {
+        if (typeof v !== "string") continue;
+        if (k === "" || k.includes("=") || k.includes("\0")) add(appendPath("upstream.env", k, false), "is not a valid environment variable name");
+        else env[k] = v;
+      }
+      upstream.env = env;
+    }
+    if (isStr(up.cwd)) upstream.cwd = resolvePath(baseDir, up.cwd);
+    const t = duration(up.timeout, "upstream.timeout", add);
+    if (t !== undefined) upstream.timeoutMs = t;
+  }
+
+  // tools
+  const tools: Record<string, ToolDeclaration> = Object.create(null);
+  if (isObj(raw.tools)) {
+    for (const [name, decl] of Object.entries(raw.tools)) {
+      if (!isObj(decl)) continue;
+      const path = appendPath("tools", name, false);
+      const out: ToolDeclaration = {};
+      if (decl.access === "read" || decl.access === "write") out.access = decl.access;
+      if (typeof decl.pin === "string" && /^[0-9a-fA-F]{64}$/.test(decl.pin)) out.pin = decl.pin.toLowerCase();
+      if (isObj(decl.schema) || typeof decl.schema === "boolean") {
+        const problem = overlaySchemaError(decl.schema);
+        if (problem) add(`${path}.schema`, problem);
+        else out.schema = decl.schema;
+      }
+      tools[name] = out;
+    }
+  }
+
+  // rules
+  const rules: RuleConfig[] = [];
+  const ids = new Map<string, number>();
+  if (Array.isArray(raw.rules)) {
+    raw.rules.forEach((r, i) => {
+      if (!isObj(r)) return;
+      const rule = checkRule(r, i, trustDomains, add);
+      if (ids.has(rule.id)) add(`rules[${i}].id`, `"${rule.id}" is already used by rules[${ids.get(rule.id)}]`);
+      else ids.set(rule.id, i);
+      rules.push(rule);
+    });
+  }
+
+  // methods
+  const methods = strings(raw.methods);
+  methods.forEach((m, i) => {
+    if (GATED_METHODS.has(m)) add(`methods[${i}]`, `${m} is authorized per call by rules, it cannot be allowed wholesale`);
+    else if (/\s/.test(m)) add(`methods[${i}]`, `"${m}" is not a JSON-RPC method name`);
+  });
+
+  // limits
+  const limits: LimitsConfig = { ...DEFAULT_LIMITS };
+  if (isObj(raw.limits)) {
+    for (const k of Object.keys(DEFAULT_LIMITS) as (keyof LimitsConfig)[]) {
+      const v = raw.limits[k];
+      if (typeof v === "number" && Number.isInteger(v) && v >= 1) limits[k] = v;
+    }
+    if (limits.maxArgumentBytes > limits.maxBodyBytes) {
+      add("limits.maxArgumentBytes", `(${limits.maxArgumentBytes}) is larger than limits.maxBodyBytes (${limits.maxBodyBytes}), so it could never apply`);
+    }
+  }
+
+  // pinning, audit
+  const pin = isObj(raw.pinning) ? raw.pinning : {};
+  const pinning: PinningConfig = {
+    file: resolvePath(baseDir, isStr(pin.file) ? pin.file : DEFAULT_PIN_FILE),
+    mode: pin.mode === "strict" ? "strict" : "tofu",
+  };
+  const auditRaw = isObj(raw.audit) ? raw.audit : {};
+  const audit: AuditConfig = isStr(auditRaw.file) ? { file: resolvePath(baseDir, auditRaw.file) } : {};
+
+  const cfg: AgentConfig = {
+    listen,
+    identity: isStr(raw.identity) ? resolvePath(baseDir, raw.identity) : "",
+    trustBundles: strings(raw.trustBundles).map((p) => resolvePath(baseDir, p)),
+    tls,
+    upstream,
+    tools,
+    trustAnnotations: raw.trustAnnotations === true,
+    rules,
+    methods,
+    limits,
+    pinning,
+    audit,
+    baseDir,
+  };
+  if (ca !== undefined) cfg.ca = ca;
+  if (trustDomains !== undefined) cfg.trustDomains = trustDomains;
+  return cfg;
+}
+
+function checkRule(r: Record<string, unknown>, i: number, trustDomains: string[] | undefined, add: Add): RuleConfig {
+  const at = `rules[${i}]`;
+  const effect = r.effect === "deny" ? "deny" : "allow";
+  const rule: RuleConfig = { id: isStr(r.id) ? r.id : at, clients: strings(r.clients), effect };
+
+  // A caller may match any one of the patterns, so a reference is only meaningful if every pattern captures it.
+  const captureSets: { j: number; names: Set<string> }[] = [];
+  if (Array.isArray(r.clients)) {
+    r.clients.forEach((c, j) => {
+      if (typeof c !== "string" || c === "") return;
+      let compiled: CompiledIdentityPattern;
+      try {
+        compiled = compileIdentityPattern(c, `${at}.clients[${j}]`);
+      } catch (e) {
+        add(`${at}.clients[${j}]`, errMessage(e));
+        return;
+      }
+      if (trustDomains && compiled.trustDomain !== undefined && !trustDomains.includes(compiled.trustDomain)) {
+        add(`${at}.clients[${j}]`, `trust domain "${compiled.trustDomain}" is not in trustDomains, so this pattern can never match`);
+      }
+      captureSets.push({ j, names: new Set(compiled.captures) });
+    });
+  }
+
+  for (const key of ["tools", "prompts"] as const) {
+    const list = strings(r[key]);
+    list.forEach((g, j) => {
+      try {
+        compileNameGlob([g], `${at}.${key}[${j}]`);
+      } catch (e) {
+        add(`${at}.${key}[${j}]`, errMessage(e));
+      }
+    });
+    if (Array.isArray(r[key])) rule[key] = list;
+  }
+  const resources = strings(r.resources);
+  resources.forEach((g, j) => {
+    try {
+      compileUriGlob([g], `${at}.resources[${j}]`);
+    } catch (e) {
+      add(`${at}.resources[${j}]`, errMessage(e));
+    }
+  });
+  if (Array.isArray(r.resources)) rule.resources = resources;
+  if (Array.isArray(r.access)) rule.access = r.access.filter((a): a is AccessClass => a === "read" || a === "write");
+
+  const hasToolTarget = r.tools !== undefined || r.access !== undefined;
+  const hasTarget = hasToolTarget || r.resources !== undefined || r.prompts !== undefined;
+  if (!hasTarget && effect === "allow") {
+    add(at, "an allow rule must name what it allows: at least one of tools, access, resources, prompts");
+  }
+
+  if (r.arguments !== undefined) {
+    if (!hasToolTarget) add(`${at}.arguments`, "constrains tools/call arguments, so the rule needs tools or access");
+    if (r.resources !== undefined || r.prompts !== undefined) {
+      add(`${at}.arguments`, "applies to tool calls only; put resources and prompts in a separate rule");
+    }
+  }
+  if (isObj(r.arguments)) {
+    const args: Record<string, ArgumentConstraint> = Object.create(null);
+    for (const [k, v] of Object.entries(r.arguments)) {
+      if (v !== null && !["string", "number", "boolean"].includes(typeof v)) continue;
+      const path = appendPath(`${at}.arguments`, k, false);
+      if (typeof v === "string") {
+        for (const m of v.matchAll(CAPTURE_REF)) {
+          const name = m[1];
+          const without = captureSets.find((s) => !s.names.has(name));
+          if (without) add(path, `{${name}} is not captured by every clients pattern (${at}.clients[${without.j}] has no {${name}})`);
+        }
+      }
+      if (typeof v === "number" && !Number.isFinite(v)) add(path, "must be a finite number");
+      args[k] = v as ArgumentConstraint;
+    }
+    rule.arguments = args;
+  }
+
+  if (r.stepUp !== undefined) {
+    if (effect === "deny") add(`${at}.stepUp`, "only applies to allow rules (a deny needs no fresh certificate)");
+    const ms = duration(r.stepUp, `${at}.stepUp`, add);
+    if (ms !== undefined && effect === "allow") rule.stepUpMs = ms;
+  }
+  return rule;
+}
