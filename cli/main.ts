@@ -256,9 +256,7 @@ export function buildProgram(): Command {
     .option("--hash <sha256>", "pin exactly this definition hash")
     .action((name, o) => {
       const cfg = loadAgentConfig(o.config);
-      const configPins: Record<string, string> = {};
-      for (const [n, d] of Object.entries(cfg.tools)) if (d.pin) configPins[n] = d.pin;
-      const store = new PinStore({ file: cfg.pinning.file, mode: cfg.pinning.mode, configPins });
+      const store = PinStore.fromConfig(cfg);
       const r = store.approve(name, o.hash);
       console.log(`approved ${r.name}: ${r.previous ?? "(none)"} -> ${r.hash}`);
     });
@@ -267,7 +265,7 @@ export function buildProgram(): Command {
     .requiredOption("--config <file>", "agent configuration")
     .action((o) => {
       const cfg = loadAgentConfig(o.config);
-      const store = new PinStore({ file: cfg.pinning.file, mode: cfg.pinning.mode });
+      const store = PinStore.fromConfig(cfg);
       for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
     });
 
