@@ -63,10 +63,10 @@ function upstreamOf(cfg: AgentConfig): HttpUpstream {
   }
   const u = new URL(cfg.upstream.url);
   if (u.protocol !== "http:" && u.protocol !== "https:") throw new AgentStartError(`upstream.url: ${u.protocol} is not supported (http or https)`);
-  if (!cfg.upstream.unsafeUpstream && !isLoopbackHost(u.hostname)) {
+  if (!cfg.upstream.socket && !cfg.upstream.unsafeUpstream && !isLoopbackHost(u.hostname)) {
     throw new AgentStartError(`upstream.url: ${u.hostname} is not a loopback address; the server must not be reachable around the agent (set upstream.unsafeUpstream: true to override)`);
   }
-  return new HttpUpstream({ url: cfg.upstream.url, timeoutMs: cfg.upstream.timeoutMs });
+  return new HttpUpstream({ url: cfg.upstream.url, socketPath: cfg.upstream.socket, timeoutMs: cfg.upstream.timeoutMs });
 }
 
 /** The compiled, swappable part of the agent: everything a config or identity reload replaces at once. */

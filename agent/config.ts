@@ -79,6 +79,11 @@ export interface UpstreamConfig {
   env?: Record<string, string>;
   /** Working directory for `command`, resolved against the config file's directory. */
   cwd?: string;
+  /**
+   * A unix socket to reach `url`/`sse` through (the URL then only gives the HTTP path and Host header). Resolved
+   * against the config file's directory.
+   */
+  socket?: string;
   /** Allow `url`/`sse` hosts that are not loopback. Default false: the server should not be reachable around the agent. */
   unsafeUpstream: boolean;
   /** Per-request timeout towards the upstream. Config: `timeout: 60s` (default). */
@@ -205,6 +210,7 @@ const CONFIG_SCHEMA = {
         command: { type: "array", minItems: 1, items: { type: "string" } },
         env: { type: "object", additionalProperties: { type: "string" } },
         cwd: { type: "string", minLength: 1 },
+        socket: { type: "string", minLength: 1 },
         unsafeUpstream: { type: "boolean" },
         timeout: { type: "string", minLength: 1 },
       },
@@ -624,6 +630,10 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
       upstream.env = env;
     }
     if (isStr(up.cwd)) upstream.cwd = resolvePath(baseDir, up.cwd);
+    if (isStr(up.socket)) {
+      if (up.url === undefined && up.sse === undefined) add("upstream.socket", "only applies to upstream.url or upstream.sse");
+      upstream.socket = resolvePath(baseDir, up.socket);
+    }
     const t = duration(up.timeout, "upstream.timeout", add);
     if (t !== undefined) upstream.timeoutMs = t;
   }

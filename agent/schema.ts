@@ -161,6 +161,7 @@ export class ArgumentValidator {
   private readonly server = new Compiler(SERVER_OPTS);
   private readonly overlay = new Compiler(OVERLAY_OPTS);
   private readonly cache = new Map<string, { server: CompileResult; overlay: CompileResult | null }>();
+  private readonly byObject = new WeakMap<object, { key: string; overlay: unknown; dialect: Dialect }>();
   private readonly maxEntries: number;
 
   constructor(opts: ArgumentValidatorOptions = {}) {
@@ -187,17 +188,26 @@ export class ArgumentValidator {
       overlayDialect = od;
     }
 
-    let canonicalServer: string;
+    // Hot path: the catalog hands us the same schema object on every call, so its key is remembered per object and
+    // the canonical JSON + hash is computed once per definition, not once per call.
+    const memo = typeof schema === "object" ? this.byObject.get(schema as object) : undefined;
+    let key: string;
+    let canonicalServer = "";
     let canonicalOverlay = "";
-    try {
-      canonicalServer = canonicalJson(schema);
-      if (overlay !== undefined) canonicalOverlay = canonicalJson(overlay);
-    } catch (e) {
-      return `the tool's input schema cannot be used: ${(e as Error).message}`;
+    if (memo && memo.overlay === overlay && memo.dialect === dialect && this.cache.has(memo.key)) {
+      key = memo.key;
+    } else {
+      try {
+        canonicalServer = canonicalJson(schema);
+        if (overlay !== undefined) canonicalOverlay = canonicalJson(overlay);
+      } catch (e) {
+        return `the tool's input schema cannot be used: ${(e as Error).message}`;
+      }
+      key = createHash("sha256")
+        .update(`${dialect}\u0000${canonicalServer}\u0000${overlayDialect ?? ""}\u0000${canonicalOverlay}`)
+        .digest("base64");
+      if (typeof schema === "object") this.byObject.set(schema as object, { key, overlay, dialect });
     }
-    const key = createHash("sha256")
-      .update(`${dialect}\u0000${canonicalServer}\u0000${overlayDialect ?? ""}\u0000${canonicalOverlay}`)
-      .digest("base64");
     let entry = this.cache.get(key);
     if (entry) {
       this.cache.delete(key); // re-insert: Map order is our LRU order

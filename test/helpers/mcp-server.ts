@@ -29,7 +29,7 @@ export interface TestMcpServer {
  * A real MCP server (the SDK's McpServer behind its StreamableHTTPServerTransport) on 127.0.0.1, stateful, with a
  * small set of tools covering read, write, identity-bound arguments and progress.
  */
-export async function startMcpServer(): Promise<TestMcpServer> {
+export async function startMcpServer(opts: { socketPath?: string } = {}): Promise<TestMcpServer> {
   const received: ReceivedRequest[] = [];
   const transports = new Map<string, StreamableHTTPServerTransport>();
   const registered: Map<string, RegisteredTool>[] = [];
@@ -100,10 +100,10 @@ export async function startMcpServer(): Promise<TestMcpServer> {
     }
     await transport.handleRequest(req, res, parsed);
   });
-  await new Promise<void>((resolve) => httpServer.listen(0, "127.0.0.1", () => resolve()));
-  const port = (httpServer.address() as { port: number }).port;
+  await new Promise<void>((resolve) => (opts.socketPath ? httpServer.listen(opts.socketPath, () => resolve()) : httpServer.listen(0, "127.0.0.1", () => resolve())));
+  const port = opts.socketPath ? 0 : (httpServer.address() as { port: number }).port;
   return {
-    url: `http://127.0.0.1:${port}/mcp`,
+    url: opts.socketPath ? "http://localhost/mcp" : `http://127.0.0.1:${port}/mcp`,
     port,
     received,
     changeDescription(tool, description) {
