@@ -150,8 +150,8 @@ export class StreamableHttpEdge {
     if (headerCheck) return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, headerCheck));
 
     const ctx = this.#context(session, caller, req);
-    let inspect = false;
-    let expectsResponse = false;
+    let inspect: boolean;
+    let expectsResponse: boolean;
     if (Array.isArray(parsed)) {
       if (parsed.length === 0) return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, "Invalid Request: empty batch"));
       if (session.protocolVersion !== "2025-03-26") {
