@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { createServer } from "node:net";
 import { Writable } from "node:stream";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
@@ -15,6 +14,7 @@ import { createMeshFetch } from "../identity/fetch.ts";
 import { loadAgentConfig } from "../agent/config.ts";
 import { startAgent } from "../agent/agent.ts";
 import { createLogger } from "../lib/log.ts";
+import { freePort } from "../lib/net.ts";
 import { startNotesServer } from "../examples/notes-server.ts";
 
 /**
@@ -24,17 +24,6 @@ import { startNotesServer } from "../examples/notes-server.ts";
 const bold = (s: string) => (process.stdout.isTTY ? `\x1b[1m${s}\x1b[0m` : s);
 const step = (n: number, s: string) => console.log(`\n${bold(`[${n}] ${s}`)}`);
 const say = (s: string) => console.log(`    ${s}`);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function connect(url: string, dir: string) {
   const fetch = createMeshFetch(dir);

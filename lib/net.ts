@@ -1,4 +1,4 @@
-import { isIP } from "node:net";
+import { createServer, isIP } from "node:net";
 import { InvalidArgumentError } from "./errors.ts";
 
 /** Parses `host:port`, `[v6]:port`; the port must be 0..65535 (0 = pick a free one, for tests). */
@@ -22,4 +22,16 @@ export function isLoopbackHost(host: string): boolean {
 export function isWildcardHost(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, "");
   return h === "0.0.0.0" || h === "::" || h === "0:0:0:0:0:0:0:0";
+}
+
+/** A free TCP port on 127.0.0.1 (bound, then released; for the demo and tests that start a server right after). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
 }
