@@ -100,6 +100,8 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const gate = new Gatekeeper({ policy: state.policy, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: log });
   const edge = new StreamableHttpEdge({ gate, sessions, upstream, maxBodyBytes: config.limits.maxBodyBytes, logger: log, audit });
 
+  const peers = new WeakMap<TLSSocket, PeerIdentity>();
+  const byIdentity = new Map<string, Set<TLSSocket>>();
   // Revocation: with a CA configured the gate fails closed until a valid CRL is held, and again once it is stale.
   let revocation: RevocationList | null = null;
   const crlIssuers = () => [...state.bundle, ...splitPemCertificates(state.identity.certPem).slice(1)];
@@ -111,6 +113,17 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       const next = revocation ? revocation.withCrl(res.body.toString("utf8"), crlIssuers()) : RevocationList.fromCrl(res.body.toString("utf8"), crlIssuers());
       revocation = next;
       log.debug({ event: "crl_loaded", entries: next.size }, "CRL loaded");
+      // A revocation reaches connections that are already open, not only the next handshake.
+      for (const [id, set] of byIdentity) {
+        for (const socket of set) {
+          const peer = peers.get(socket);
+          if (peer && next.isRevoked(peer.serial, peer.issuer)) {
+            log.warn({ event: "connection_revoked", identity: id, serial: peer.serial }, "certificate revoked; connection and sessions closed");
+            socket.destroy();
+            sessions.closeIdentity(id);
+          }
+        }
+      }
     } catch (e) {
       log.warn({ event: "crl_refresh_failed", reason: (e as Error).message }, "could not refresh the CRL; keeping the last one until its nextUpdate");
     }
@@ -130,8 +143,6 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     },
   });
 
-  const peers = new WeakMap<TLSSocket, PeerIdentity>();
-  const byIdentity = new Map<string, Set<TLSSocket>>();
   const onRequest = (req: IncomingMessage, res: ServerResponse) => {
     const peer = peers.get(req.socket as TLSSocket);
     if (!peer) {

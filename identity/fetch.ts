@@ -1,6 +1,8 @@
 import { checkServerIdentity } from "node:tls";
 import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
-import { loadIdentity, type Identity } from "./store.ts";
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import { IDENTITY_FILES, loadIdentity, type Identity } from "./store.ts";
 import { checkPeerSvid } from "../agent/svid.ts";
 
 export interface MeshFetchOptions {
@@ -21,8 +23,21 @@ export function createMeshFetch(dir: string, opts: MeshFetchOptions = {}): MeshF
   let identity: Identity = loadIdentity(dir);
   let dispatcher: Dispatcher = makeDispatcher(identity, opts);
   const old: Dispatcher[] = [];
+  // A stat per request, not a reload: the files are re-read only when the certificate file changed.
+  const stamp = () => {
+    try {
+      const st = statSync(join(dir, IDENTITY_FILES.cert));
+      return `${st.ino}:${st.size}:${st.mtimeMs}`;
+    } catch {
+      return "";
+    }
+  };
+  let seen = stamp();
   const current = (): Dispatcher => {
     if (opts.follow === false) return dispatcher;
+    const now = stamp();
+    if (now === seen) return dispatcher;
+    seen = now;
     const next = loadIdentity(dir);
     if (next.serial !== identity.serial) {
       identity = next;

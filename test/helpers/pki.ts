@@ -92,6 +92,12 @@ export interface CreateTestPkiOptions {
    * names but different keys, which is how tests make a CRL that names our issuer but is signed by someone else.
    */
   caName?: string;
+  /**
+   * Sign leaves with an existing intermediate instead of generating one, e.g. the mesh CA's own (`<mesh>/ca/
+   * intermediate.pem` and `.key` with its passphrase): certificates that chain to the real mesh roots but carry
+   * profiles the mesh CA would never issue. The generated root is then unrelated to the intermediate.
+   */
+  intermediate?: { certPath: string; keyPath: string; passphrase?: string };
 }
 
 function openssl(args: string[]): string {
@@ -198,12 +204,15 @@ export function createTestPki(dir: string, opts: CreateTestPkiOptions): TestPki 
   mkdirSync(leavesDir, { recursive: true });
 
   const root: CaDir = { name: "root", dir: join(dir, "root"), certPath: join(dir, "root", "cert.pem"), keyPath: join(dir, "root", "key.pem") };
+  const external = opts.intermediate;
   const inter: CaDir = {
     name: "intermediate",
     dir: join(dir, "intermediate"),
-    certPath: join(dir, "intermediate", "cert.pem"),
-    keyPath: join(dir, "intermediate", "key.pem"),
+    certPath: external?.certPath ?? join(dir, "intermediate", "cert.pem"),
+    keyPath: external?.keyPath ?? join(dir, "intermediate", "key.pem"),
   };
+  /** `-passin` for commands that use the intermediate's key, when it is encrypted. */
+  const passin = (c: CaName): string[] => (c === "intermediate" && external?.passphrase !== undefined ? ["-passin", `pass:${external.passphrase}`] : []);
   const rootConf = initCaDir(root);
   const interConf = initCaDir(inter);
   const confOf = (c: CaName) => (c === "root" ? rootConf : interConf);
@@ -226,21 +235,23 @@ export function createTestPki(dir: string, opts: CreateTestPkiOptions): TestPki 
     "-extfile", rootExt, "-extensions", "v3_root", "-startdate", opensslTime(caStart), "-enddate", opensslTime(caEnd),
   ]);
 
-  genKey(inter.keyPath, "ec256");
-  const interReq = join(inter.dir, "req.cnf");
-  writeFileSync(interReq, reqConfig([["O", trustDomain], ["CN", `${caName} intermediate`]]));
-  const interCsr = join(inter.dir, "req.csr");
-  openssl(["req", "-new", "-config", interReq, "-key", inter.keyPath, "-out", interCsr]);
-  const interExt = join(inter.dir, "ext.cnf");
-  writeFileSync(
-    interExt,
-    "[v3_inter]\nbasicConstraints = critical, CA:TRUE, pathlen:0\nkeyUsage = critical, keyCertSign, cRLSign\n" +
-      "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
-  );
-  openssl([
-    "ca", "-batch", "-notext", "-config", rootConf, "-in", interCsr, "-out", inter.certPath,
-    "-extfile", interExt, "-extensions", "v3_inter", "-startdate", opensslTime(caStart), "-enddate", opensslTime(caEnd),
-  ]);
+  if (!external) {
+    genKey(inter.keyPath, "ec256");
+    const interReq = join(inter.dir, "req.cnf");
+    writeFileSync(interReq, reqConfig([["O", trustDomain], ["CN", `${caName} intermediate`]]));
+    const interCsr = join(inter.dir, "req.csr");
+    openssl(["req", "-new", "-config", interReq, "-key", inter.keyPath, "-out", interCsr]);
+    const interExt = join(inter.dir, "ext.cnf");
+    writeFileSync(
+      interExt,
+      "[v3_inter]\nbasicConstraints = critical, CA:TRUE, pathlen:0\nkeyUsage = critical, keyCertSign, cRLSign\n" +
+        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+    );
+    openssl([
+      "ca", "-batch", "-notext", "-config", rootConf, "-in", interCsr, "-out", inter.certPath,
+      "-extfile", interExt, "-extensions", "v3_inter", "-startdate", opensslTime(caStart), "-enddate", opensslTime(caEnd),
+    ]);
+  }
 
   const rootPem = readFileSync(root.certPath, "utf8");
   const intermediatePem = readFileSync(inter.certPath, "utf8");
@@ -302,6 +313,7 @@ export function createTestPki(dir: string, opts: CreateTestPkiOptions): TestPki 
       "ca", "-batch", "-notext", "-config", confOf(issuer), "-in", csrPath, "-out", certPath,
       "-extfile", extPath, "-extensions", "ext", "-startdate", opensslTime(notBefore), "-enddate", opensslTime(notAfter),
     ];
+    if (!o.selfSigned) args.push(...passin(issuer));
     if (o.selfSigned) {
       args.push("-selfsign", "-keyfile", keyPath);
       // Ed25519 signs without a separate digest.
@@ -349,7 +361,7 @@ export function createTestPki(dir: string, opts: CreateTestPkiOptions): TestPki 
     const conf = `${base}.cnf`;
     writeFileSync(conf, caConfig(signer, index));
     const out = `${base}.pem`;
-    const args = ["ca", "-batch", "-gencrl", "-config", conf, "-out", out];
+    const args = ["ca", "-batch", "-gencrl", "-config", conf, "-out", out, ...passin(o.signer ?? "intermediate")];
     if (o.lastUpdate) args.push("-crl_lastupdate", opensslTime(o.lastUpdate));
     if (o.nextUpdate) args.push("-crl_nextupdate", opensslTime(o.nextUpdate));
     else if (o.hours !== undefined) args.push("-crlhours", String(o.hours));
