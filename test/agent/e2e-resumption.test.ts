@@ -10,13 +10,15 @@ import { createMesh, type TestMesh } from "../helpers/mesh.ts";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.ts";
 import { startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
 import { Cleanups } from "../helpers/cli.ts";
-import { meshRoots, summary, tlsProbe } from "../helpers/e2e.ts";
+import { connectClient, meshRoots, rejection, summary, tlsProbe } from "../helpers/e2e.ts";
 
 const cleanups = new Cleanups();
 let mesh: TestMesh;
 let up: TestMcpServer;
 let agent: AgentProcess;
 let daveDir: string;
+let erinDir: string;
+let frankDir: string;
 
 before(async () => {
   mesh = await createMesh();
@@ -26,6 +28,8 @@ before(async () => {
   cleanups.add(() => up.close());
   const agentDir = await mesh.issue("agents/resumption", { kind: "agent" });
   daveDir = await mesh.issue("team-a/dave");
+  erinDir = await mesh.issue("team-a/erin");
+  frankDir = await mesh.issue("team-a/frank");
   agent = await startAgentProcess(mesh.dir, {
     listen: "127.0.0.1:0",
     identity: agentDir,
@@ -48,9 +52,27 @@ test("a revoked client offering its pre-revocation TLS session gets a full hands
   t.diagnostic(first.session ? "the agent issued a session; dave offers it back" : "the agent issued no session at all");
   up.reset();
 
+  // erin has a live MCP session (and the SDK's GET stream) when she is revoked; frank is never revoked.
+  const erin = await connectClient(agent.url, erinDir);
+  cleanups.add(() => erin.close());
+  const frank = await connectClient(agent.url, frankDir);
+  cleanups.add(() => frank.close());
+  assert.deepEqual(await erin.client.callTool({ name: "echo", arguments: { text: "before" } }), { content: [{ type: "text", text: "before" }] });
+
   assert.equal(mesh.authority.revoke({ identity: "team-a/dave", reason: "keyCompromise" }).length, 1);
+  assert.equal(mesh.authority.revoke({ identity: "team-a/erin", reason: "keyCompromise" }).length, 1);
   // The next CRL poll (within 30 s) brings the revocation.
-  await agent.waitForLog((l) => l.event === "crl_loaded" && l.entries >= 1, 45_000);
+  await agent.waitForLog((l) => l.event === "crl_loaded" && l.entries >= 2, 45_000);
+
+  // erin's open connection was closed by the revocation, not left to live until it expires ...
+  await agent.waitForLog((l) => l.event === "connection_revoked" && l.identity === "spiffe://example.org/team-a/erin");
+  up.reset();
+  // ... and her next call cannot get through on a new one.
+  await rejection(erin.client.callTool({ name: "echo", arguments: { text: "after" } }));
+  assert.deepEqual(up.received.filter((r) => r.toolCalls.length > 0), [], summary(up.received));
+  // Other clients keep working.
+  assert.deepEqual(await frank.client.callTool({ name: "echo", arguments: { text: "still here" } }), { content: [{ type: "text", text: "still here" }] });
+  up.reset();
 
   const again = await tlsProbe(agent.url, { ca: roots, ...dave, session: first.session ?? undefined });
   assert.equal(again.sessionReused, false, "the agent resumed a TLS session");
