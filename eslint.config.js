@@ -2,7 +2,7 @@ import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["dist/**", "node_modules/**", ".ci/**"] },
+  { ignores: ["dist/**", "node_modules/**", ".ci/**", ".tmp/**"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -11,6 +11,10 @@ export default tseslint.config(
       "@typescript-eslint/no-explicit-any": "off",
       "no-console": "error",
     },
+  },
+  {
+    files: ["bin/**/*.js"],
+    languageOptions: { globals: { process: "readonly" } },
   },
   {
     files: ["cli/**", "bench/**", "examples/**", "bin/**", "test/**"],

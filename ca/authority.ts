@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { isIP } from "node:net";
 import { InvalidArgumentError, StateError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic, writePrivateFileAtomic } from "../lib/files.ts";
-import { makeSpiffeId, validateTrustDomain, parseSpiffeId } from "../lib/spiffe.ts";
+import { makeSpiffeId, validateTrustDomain, validateIdentityPath, parseSpiffeId } from "../lib/spiffe.ts";
 import { x509, derToPem, fingerprint, normalizeSerial } from "../lib/x509.ts";
 import { CaExistsError, ForbiddenError, NotFoundError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
@@ -124,7 +124,7 @@ export class Authority extends EventEmitter {
     validateTrustDomain(opts.trustDomain, "trust-domain");
     const url = validateUrl(opts.url);
     validatePassphrase(opts.passphrase);
-    const admins = (opts.admins ?? []).map((a) => (a.startsWith("spiffe://") ? a : makeSpiffeId(opts.trustDomain, a).uri));
+    const admins = (opts.admins ?? []).map((a) => (a.startsWith("spiffe://") ? a : makeSpiffeId(opts.trustDomain, validateIdentityPath(a, "admin")).uri));
     for (const a of admins) if (!parseSpiffeId(a)) throw new InvalidArgumentError("admin", `"${a}" is not a SPIFFE ID`);
     if (exists(opts.dir)) {
       const present = readdirSync(opts.dir).filter((f) => Object.values(FILES).includes(f));
@@ -315,7 +315,7 @@ export class Authority extends EventEmitter {
   }
 
   #authenticate(peer: { leafDer: Uint8Array | null; chainTrusted: boolean }, now: number): CertRecord {
-    if (!peer.leafDer) throw new RenewRejectedError("MCPMESH_NO_CLIENT_CERT", "certificate: none presented (renewal needs the current certificate over mTLS)");
+    if (!peer.leafDer) throw new RenewRejectedError("MCPMESH_NO_CLIENT_CERT", "certificate: none presented (renewal and revocation need the current certificate over mTLS)");
     let leaf: x509.X509Certificate;
     try {
       leaf = new x509.X509Certificate(new Uint8Array(peer.leafDer));

@@ -51,7 +51,8 @@ export function encryptPrivateKey(key: KeyObject, passphrase: string, iterations
     ]),
     asn1.create(U, T.OCTETSTRING, false, bin(encrypted)),
   ]);
-  return pki.encryptedPrivateKeyToPem(info);
+  // forge writes CRLF line ends; every other PEM file of the CA (and openssl) uses LF.
+  return pki.encryptedPrivateKeyToPem(info).replace(/\r\n/g, "\n");
 }
 
 export function decryptPrivateKey(pem: string, passphrase: string, what: string): KeyObject {

@@ -195,7 +195,12 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
   }, SERVER_CERT_REFRESH_MS);
   refresh.unref();
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    server.once("error", (e: NodeJS.ErrnoException) => {
+      clearInterval(refresh);
+      // A busy or forbidden address is the operator's to fix: say so plainly rather than as an internal error.
+      const why = e.code === "EADDRINUSE" ? "the address is already in use (EADDRINUSE)" : e.code === "EACCES" ? "permission denied (EACCES)" : e.code === "EADDRNOTAVAIL" ? "no such local address (EADDRNOTAVAIL)" : e.message;
+      reject(new InvalidArgumentError("listen", `cannot listen on ${host}:${port}: ${why}`, { cause: e }));
+    });
     server.listen(port, host, () => {
       server.off("error", reject);
       resolve();

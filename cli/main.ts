@@ -9,11 +9,8 @@ import { enroll } from "../identity/enroll.ts";
 import { renewIdentity } from "../identity/renew.ts";
 import { RenewalScheduler } from "../identity/rotation.ts";
 import { runAfterRenewal } from "./exec.ts";
-import { loadAgentConfig } from "../agent/config.ts";
-import { startAgent } from "../agent/agent.ts";
-import { checkConfigFile, explainCall } from "../agent/explain.ts";
-import { PinStore } from "../agent/pinning.ts";
-import { runDemo } from "./demo.ts";
+// The agent and the demo pull in the MCP SDK, ajv and more: they are imported by the commands that use them only,
+// so the CA and enrollment commands (scripts, tests) start in about half the time.
 
 /**
  * The `mcpmesh` command line. Every command is a thin shell over a library function; this is the only place that
@@ -78,7 +75,13 @@ export function buildProgram(): Command {
     .action(async (o) => {
       const log = createLogger({ name: "mcpmesh-ca" });
       const authority = await Authority.open({ dir: o.dir, passphrase: passphrase(o) });
-      const srv = await startCaServer({ authority, listen: o.listen, logger: log });
+      let srv;
+      try {
+        srv = await startCaServer({ authority, listen: o.listen, logger: log });
+      } catch (e) {
+        authority.close(); // leave the database closed cleanly (WAL checkpointed) when we cannot serve
+        throw e;
+      }
       onSignals(async () => {
         await srv.close();
         authority.close();
@@ -196,6 +199,8 @@ export function buildProgram(): Command {
     .requiredOption("--config <file>", "agent configuration (YAML or JSON)")
     .action(async (o) => {
       const log = createLogger({ name: "mcpmesh-agent" });
+      const { loadAgentConfig } = await import("../agent/config.ts");
+      const { startAgent } = await import("../agent/agent.ts");
       const cfg = loadAgentConfig(o.config);
       const running = await startAgent(cfg, { logger: log });
       process.on("SIGHUP", () => void running.reload().catch(() => {}));
@@ -209,7 +214,8 @@ export function buildProgram(): Command {
     .option("--tool <name>", "explain: the tool called")
     .option("--args <json>", "explain: the call's arguments as JSON", "{}")
     .option("--json", "print JSON")
-    .action((o) => {
+    .action(async (o) => {
+      const { checkConfigFile, explainCall } = await import("../agent/explain.ts");
       const check = checkConfigFile(o.config);
       if (!check.ok) {
         if (o.json) console.log(JSON.stringify({ ok: false, errors: check.errors }, null, 2));
@@ -254,7 +260,9 @@ export function buildProgram(): Command {
     .requiredOption("--config <file>", "agent configuration")
     .argument("<tool>", "tool name")
     .option("--hash <sha256>", "pin exactly this definition hash")
-    .action((name, o) => {
+    .action(async (name, o) => {
+      const { loadAgentConfig } = await import("../agent/config.ts");
+      const { PinStore } = await import("../agent/pinning.ts");
       const cfg = loadAgentConfig(o.config);
       const store = PinStore.fromConfig(cfg);
       const r = store.approve(name, o.hash);
@@ -263,7 +271,9 @@ export function buildProgram(): Command {
   tools.command("list")
     .description("list pinned tools and changes waiting for approval")
     .requiredOption("--config <file>", "agent configuration")
-    .action((o) => {
+    .action(async (o) => {
+      const { loadAgentConfig } = await import("../agent/config.ts");
+      const { PinStore } = await import("../agent/pinning.ts");
       const cfg = loadAgentConfig(o.config);
       const store = PinStore.fromConfig(cfg);
       for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
@@ -273,6 +283,7 @@ export function buildProgram(): Command {
     .description("run a whole mesh on this machine, narrated: CA, enrollment, agent, policy, rotation, revocation")
     .option("--keep", "keep the demo's files")
     .action(async (o) => {
+      const { runDemo } = await import("./demo.ts");
       await runDemo({ keep: o.keep });
     });
 
