@@ -187,8 +187,6 @@ export function buildProgram(): Command {
           resolve();
         });
         s.start();
-        // The scheduler's timers are unref'd so libraries can embed it; the daemon itself must stay alive.
-        setInterval(() => {}, 1 << 30);
       });
     });
 

@@ -19,6 +19,7 @@ export interface RotationOptions {
  * once), backs off while the CA is down, raises an `alert`-level log once less than a third of the lifetime is left
  * and renewal keeps failing, and stops with "expired" when the certificate ran out (only a new token helps then).
  * Events: "renewed" (RenewResult), "failed" (Error), "expiring" ({ remainingMs }), "expired".
+ * A started scheduler keeps the process alive, like an interval does; `stop()` releases it.
  */
 export class RenewalScheduler extends EventEmitter {
   readonly #opts: Required<Omit<RotationOptions, "logger">> & { logger: Logger };
@@ -75,7 +76,6 @@ export class RenewalScheduler extends EventEmitter {
       if (step < ms) this.#arm(ms - step);
       else void this.#attempt();
     }, step);
-    this.#timer.unref?.();
   }
 
   async #attempt(): Promise<RenewResult | null> {
