@@ -268,10 +268,14 @@ export function verifyAuditFiles(files: string[]): VerifyResult {
         anchoredAt = rec.prev;
         if (rec.prev === GENESIS && rec.seq !== 1) return fail(file, ln, `the log starts at GENESIS but with seq ${rec.seq}, not 1`);
       } else if (rec.prev !== prev) {
+        // A gap in seq is a deletion, unless the missing record turns up later in the file: then records were moved.
+        const want = `,"seq":${seq! + 1},`;
+        const later = rec.seq > seq! + 1 ? lines.findIndex((l, j) => j > i && l.includes(want)) : -1;
         const why =
           rec.seq === seq! + 1 ? "does not link to the record before it"
+          : later >= 0 ? `is out of order: seq ${seq! + 1} should come here and appears later, at line ${later + 1}`
           : rec.seq > seq! + 1 ? `${rec.seq - seq! - 1} record(s) missing before it (seq ${seq! + 1}${rec.seq - seq! > 2 ? `..${rec.seq - 1}` : ""})`
-          : `out of order (seq ${rec.seq} after seq ${seq})`;
+          : `is out of order (seq ${rec.seq} after seq ${seq})`;
         return fail(file, ln, `record seq ${rec.seq} ${why}: prev ${rec.prev.slice(0, 12)}… ≠ ${prev.slice(0, 12)}…`);
       } else if (rec.seq !== seq! + 1) {
         return fail(file, ln, `seq ${rec.seq} follows seq ${seq} (expected ${seq! + 1})`);
