@@ -17,17 +17,22 @@ export interface CertInfo {
   notAfter: number;
 }
 
+/** The subject DN, or for SVIDs (empty subject) the SAN. */
+function nameOf(c: X509Certificate): string {
+  return (c.subject ?? "").replace(/\n/g, ", ") || (c.subjectAltName ?? "");
+}
+
 /** Own certificate (leaf), the chain's intermediates and the trust roots, with their notAfter. */
 export function certLifetimes(certPem: string, rootsPem: string): CertInfo[] {
   const out: CertInfo[] = [];
   const chain = splitPemCertificates(certPem);
   chain.forEach((pem, i) => {
     const c = new X509Certificate(pem);
-    out.push({ role: i === 0 ? "own" : "intermediate", subject: c.subject.replace(/\n/g, ", "), notAfter: Date.parse(c.validTo) });
+    out.push({ role: i === 0 ? "own" : "intermediate", subject: nameOf(c), notAfter: Date.parse(c.validTo) });
   });
   for (const pem of splitPemCertificates(rootsPem)) {
     const c = new X509Certificate(pem);
-    out.push({ role: "root", subject: c.subject.replace(/\n/g, ", "), notAfter: Date.parse(c.validTo) });
+    out.push({ role: "root", subject: nameOf(c), notAfter: Date.parse(c.validTo) });
   }
   return out;
 }
