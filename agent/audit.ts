@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, write, writeSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, write } from "node:fs";
 import { dirname } from "node:path";
 
 /** One line per decision. Argument values never appear: a hash of them does, enough to correlate, not to read. */

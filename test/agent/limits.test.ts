@@ -5,7 +5,7 @@ import { Limiter } from "../../agent/limits.ts";
 import { DEFAULT_LIMITS, parseRate, type LimitsConfig, type RateSpec } from "../../agent/config.ts";
 
 const rate = (t: string) => parseRate(t) as RateSpec;
-function limits(over: Partial<LimitsConfig> & { rate?: Partial<LimitsConfig["rate"]> } = {}): LimitsConfig {
+function limits(over: Partial<Omit<LimitsConfig, "rate">> & { rate?: Partial<LimitsConfig["rate"]> } = {}): LimitsConfig {
   return { ...DEFAULT_LIMITS, coolDown: null, concurrency: 0, ...over, rate: { perIdentity: null, perTool: null, perClass: {}, ...over.rate } };
 }
 

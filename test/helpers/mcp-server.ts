@@ -38,6 +38,11 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
   const registered: Map<string, RegisteredTool>[] = [];
   const descriptions = new Map<string, string>();
   let waiting: (() => void)[] = [];
+  const releaseHeld = () => {
+    const w = waiting;
+    waiting = [];
+    for (const r of w) r();
+  };
 
   const build = () => {
     const server = new McpServer({ name: "test-upstream", version: "1.0.0" }, { capabilities: { tools: { listChanged: true }, logging: {} } });
@@ -123,13 +128,9 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
       received.length = 0;
     },
     held: () => waiting.length,
-    releaseHeld() {
-      const w = waiting;
-      waiting = [];
-      for (const r of w) r();
-    },
+    releaseHeld,
     async close() {
-      this.releaseHeld();
+      releaseHeld();
       for (const t of transports.values()) await t.close().catch(() => {});
       await new Promise<void>((resolve) => {
         httpServer.close(() => resolve());
