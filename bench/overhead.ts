@@ -132,7 +132,8 @@ async function main(): Promise<void> {
   for (const mode of ["baseline", "features"] as const) await drive(modes[mode].calls, WARMUP);
   for (let r = 0; r < ROUNDS; r++) {
     const n = Math.floor(CALLS / ROUNDS);
-    for (const mode of (r % 2 === 0 ? ["baseline", "features"] : ["features", "baseline"]) as const) {
+    const order: Array<"baseline" | "features"> = r % 2 === 0 ? ["baseline", "features"] : ["features", "baseline"];
+    for (const mode of order) {
       const c0 = processCpuMs(modes[mode].pid) ?? 0;
       const res = await drive(modes[mode].calls, n);
       acc[mode].cpu += (processCpuMs(modes[mode].pid) ?? 0) - c0;
