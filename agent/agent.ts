@@ -21,17 +21,27 @@ import { StreamableHttpEdge, sendJson } from "./edge/streamable-http.ts";
 import { TlsGate, loadTrustBundle, serverTlsOptions, type PeerIdentity } from "./tls-gate.ts";
 import { RevocationList } from "./revocation.ts";
 import { errorResponse, SERVER_ERROR } from "./jsonrpc.ts";
+import { Limiter } from "./limits.ts";
+import { AgentMetrics, certLifetimes, startAdminServer } from "./metrics.ts";
+import { AlertEngine, WebhookSender } from "./alerts.ts";
+import type { RateSpec } from "./config.ts";
+import type { DecisionEvent } from "./gatekeeper.ts";
 
 export interface AgentOptions {
   logger?: Logger;
   /** Replaces the audit log (tests). */
   audit?: AuditSink;
+  /** The clock of limits and alerts (tests). */
+  now?: () => number;
 }
 
 export interface RunningAgent {
   url: string;
   port: number;
   server: Server;
+  /** The admin listener's base URL (`/metrics`, `/status`), when `admin:` is configured. */
+  adminUrl?: string;
+  metrics?: AgentMetrics;
   /** Re-reads config, identity and trust bundle; keeps the old state if anything is broken. */
   reload(): Promise<void>;
   /** Fetches the CA's CRL now (it is also polled every 30 s). */
@@ -95,13 +105,40 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   let state = buildState(config);
   const upstream = upstreamOf(config);
   const pins = PinStore.fromConfig(config);
-  const audit = opts.audit ?? new AuditLog({ file: config.audit.file });
+  const audit = opts.audit ?? new AuditLog({ file: config.audit.file, maxBytes: config.audit.maxBytes, keep: config.audit.keep, chain: config.audit.chain });
   const sessions = new SessionTable();
-  const gate = new Gatekeeper({ policy: state.policy, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: log });
-  const edge = new StreamableHttpEdge({ gate, sessions, upstream, maxBodyBytes: config.limits.maxBodyBytes, logger: log, audit });
-
+  const limiter = new Limiter(config.limits, { now: opts.now });
   const peers = new WeakMap<TLSSocket, PeerIdentity>();
   const byIdentity = new Map<string, Set<TLSSocket>>();
+  let connections = 0;
+  // Metrics only when there is an admin listener to read them.
+  const metrics = config.admin
+    ? new AgentMetrics({
+        connections: () => connections,
+        sessions: () => sessions.size,
+        certs: () => certLifetimes(state.identity.certPem, state.identity.rootsPem),
+        coolingDown: () => limiter.coolingDown(),
+      })
+    : undefined;
+  const webhook = config.alerts.webhook
+    ? new WebhookSender({ url: config.alerts.webhook, queue: config.alerts.queue, attempts: config.alerts.attempts, retryMs: config.alerts.retryMs, logger: log, onDrop: () => metrics?.webhookDropped(), onFail: () => metrics?.webhookFailed() })
+    : undefined;
+  const alerts = new AlertEngine(config.alerts, {
+    logger: log,
+    now: opts.now,
+    onAlert: (a) => {
+      metrics?.alert(a.alert);
+      webhook?.push(a);
+    },
+  });
+  const onDecision = (ev: DecisionEvent) => {
+    metrics?.decision(ev);
+    alerts.decision(ev);
+  };
+  const gate = new Gatekeeper({ policy: state.policy, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: log, limiter, ruleRates: ruleRates(config), onDecision });
+  if (metrics) upstream.observe = (method, seconds, ok, error) => metrics.upstream(method, seconds, ok, error);
+  const edge = new StreamableHttpEdge({ gate, sessions, upstream, maxBodyBytes: config.limits.maxBodyBytes, logger: log, audit });
+
   // Revocation: with a CA configured the gate fails closed until a valid CRL is held, and again once it is stale.
   let revocation: RevocationList | null = null;
   const crlIssuers = () => [...state.bundle, ...splitPemCertificates(state.identity.certPem).slice(1)];
@@ -135,6 +172,10 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     trustDomains: state.trustDomains,
     admits: (id) => state.policy.admits(id),
     logger: log,
+    onRefuse: (reason, remote) => {
+      metrics?.handshakeFailure(reason);
+      alerts.handshakeFailure(remote, reason);
+    },
     revocation: () => {
       if (!config.ca) return null;
       // No CRL, or a stale one: every serial counts as revoked (fail closed).
@@ -169,6 +210,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     let set = byIdentity.get(peer.id);
     if (!set) byIdentity.set(peer.id, (set = new Set()));
     set.add(socket);
+    connections++;
     // No connection outlives its certificate: close it at notAfter.
     const expiry = setTimeout(() => {
       log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial }, "client certificate reached notAfter; connection closed");
@@ -176,13 +218,18 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
     expiry.unref();
     socket.on("close", () => {
+      connections--;
       clearTimeout(expiry);
       set!.delete(socket);
       if (set!.size === 0) byIdentity.delete(peer.id);
     });
   });
   server.on("tlsClientError", (err, socket) => {
-    log.warn({ event: "handshake_failed", remote: `${socket.remoteAddress}:${socket.remotePort}`, reason: err.message }, "TLS handshake failed");
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    log.warn({ event: "handshake_failed", remote, reason: err.message }, "TLS handshake failed");
+    const reason = (err as NodeJS.ErrnoException).code ?? "tls_error";
+    metrics?.handshakeFailure(reason);
+    alerts.handshakeFailure(remote, reason);
   });
 
   // The agent renews its own certificate and swaps it in without dropping connections.
@@ -206,7 +253,9 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     tlsOptions = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
     server.setSecureContext(tlsOptions);
     tlsGate.update({ trustDomains: next.trustDomains });
-    gate.update({ policy: next.policy, tools: next.cfg.tools, limits: next.cfg.limits });
+    gate.update({ policy: next.policy, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg) });
+    limiter.update(next.cfg.limits);
+    alerts.update(next.cfg.alerts);
     log.info({ event: "reloaded", identity: next.identity.id, serial: next.identity.serial }, "configuration and certificates reloaded");
   };
 
@@ -225,7 +274,16 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const port = (server.address() as { port: number }).port;
   const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
   const url = `https://${host}:${port}${MCP_PATH}`;
-  log.info({ event: "listening", url, identity: state.identity.id, upstream: config.upstream.url, trustDomains: state.trustDomains }, "agent listening");
+  let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
+  if (config.admin && metrics) {
+    try {
+      admin = await startAdminServer(config.admin.listen, metrics);
+    } catch (e) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      throw new AgentStartError(`cannot listen on admin.listen ${config.admin.listen.host}:${config.admin.listen.port}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  log.info({ event: "listening", url, admin: admin?.url, identity: state.identity.id, upstream: config.upstream.url, trustDomains: state.trustDomains }, "agent listening");
 
   const sweep = setInterval(() => sessions.sweep(), 60_000);
   sweep.unref();
@@ -233,6 +291,8 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     url,
     port,
     server,
+    adminUrl: admin?.url,
+    metrics,
     reload,
     disconnect,
     refreshRevocation: refreshCrl,
@@ -247,9 +307,18 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         for (const set of byIdentity.values()) for (const s of set) s.destroy();
       });
       await upstream.close();
-      if (audit instanceof AuditLog) audit.close();
+      await admin?.close();
+      await webhook?.drain(2000);
+      webhook?.close();
+      if (audit instanceof AuditLog) await audit.close();
     },
   };
+}
+
+function ruleRates(cfg: AgentConfig): Map<string, RateSpec> {
+  const m = new Map<string, RateSpec>();
+  for (const r of cfg.rules) if (r.rate) m.set(r.id, r.rate);
+  return m;
 }
 
 /** Stands in for the revocation list when none valid is held: everything is revoked. */

@@ -65,6 +65,11 @@ export interface RuleConfig {
   arguments?: Record<string, ArgumentConstraint>;
   /** Allow rules only: the client certificate must have been issued (notBefore) at most this long ago. Config: `10m`. */
   stepUpMs?: number;
+  /**
+   * Allow rules only: the rate limit per identity × tool for the calls this rule allows, replacing
+   * `limits.rate.perTool` for them. Config: `rate: "10/m"`.
+   */
+  rate?: RateSpec;
   /** Default "allow". */
   effect: "allow" | "deny";
 }
@@ -90,8 +95,41 @@ export interface UpstreamConfig {
   timeoutMs: number;
 }
 
+/** A token bucket: `limit` calls per `periodMs`, refilled continuously; a burst of up to `limit`. Config `"100/m"`. */
+export interface RateSpec {
+  limit: number;
+  periodMs: number;
+  /** As written in the config, for messages. */
+  text: string;
+}
+
+/** Token-bucket rate limits on tools/call. null (config `off`) = unlimited. */
+export interface RateLimitsConfig {
+  /** Every tools/call of one identity. Default 6000/m (a burst of 6000, 100/s sustained): never bites normal use. */
+  perIdentity: RateSpec | null;
+  /** One identity × one tool. Default off. A rule's `rate:` replaces it for the calls that rule allows. */
+  perTool: RateSpec | null;
+  /** One identity × one access class (read, write, unknown). Default none. */
+  perClass: Partial<Record<"read" | "write" | "unknown", RateSpec>>;
+}
+
+/** Repeated rate-limit violations put an identity in a cool-down: every request refused with HTTP 429. */
+export interface CoolDownConfig {
+  /** Violations ... Default 50. */
+  after: number;
+  /** ... within this window ... Default 1m. */
+  withinMs: number;
+  /** ... refuse the identity for this long. Default 1m. */
+  forMs: number;
+}
+
 /** Hard bounds on client input, checked before anything is parsed further or forwarded. */
 export interface LimitsConfig {
+  rate: RateLimitsConfig;
+  /** In-flight tools/call per identity; 0 = unlimited. Default 64. */
+  concurrency: number;
+  /** null (config `off`) = never. */
+  coolDown: CoolDownConfig | null;
   /** Largest HTTP/WebSocket message body. Default 1 MiB. */
   maxBodyBytes: number;
   /** Largest serialized `tools/call` arguments object. Default 256 KiB. */
@@ -110,10 +148,49 @@ export interface PinningConfig {
   mode: "tofu" | "strict";
 }
 
-/** Decision audit log. */
+/** Decision audit log: hash-chained JSON lines (see audit.ts). */
 export interface AuditConfig {
   /** JSON lines appended to this file; absent = stdout. */
   file?: string;
+  /** Rotate the file once it would grow beyond this many bytes (file only). Default 100 MiB. */
+  maxBytes: number;
+  /** Rotated files kept (`FILE.1` newest ... `FILE.<keep>`). Default 10. */
+  keep: number;
+  /** Hash-chain the records (`prev`, `hash`). Default true; false only for benchmarks. */
+  chain: boolean;
+}
+
+/** The admin listener: Prometheus `/metrics`, JSON `/status`, `/healthz`. Plain HTTP, loopback only. */
+export interface AdminConfig {
+  listen: ListenAddress;
+}
+
+/** Anomaly alerts: `alert`-level log events, optionally POSTed to a webhook. Counts are per `windowMs`. */
+export interface AlertsConfig {
+  /** http(s) URL to POST each alert to as JSON. */
+  webhook?: string;
+  /** Alerts waiting for the webhook; beyond this they are dropped (and counted). Default 1000. */
+  queue: number;
+  /** Delivery attempts per alert (exponential backoff from `retryMs`). Default 5, 500ms. */
+  attempts: number;
+  retryMs: number;
+  /** The counting window of every threshold below. Default 1m. */
+  windowMs: number;
+  /** Spike: calls of one identity to one tool in a window > `spikeFactor` × its EWMA baseline and ≥ `spikeMinCalls`. */
+  spikeFactor: number;
+  spikeMinCalls: number;
+  /** EWMA smoothing per window (0..1]. Default 0.3. */
+  ewmaAlpha: number;
+  /** Authorization/validation failures of one identity per window. Default 20. */
+  failures: number;
+  /** Failed handshakes from one remote address per window. Default 20. */
+  handshakeFailures: number;
+  /** Write calls of one identity per window. Default 100. */
+  writeBurst: number;
+  /** Calls of one identity per window that no rule anticipated; a rate-limit refusal always counts as such. Default none. */
+  maxCalls?: number;
+  /** First use of a tool by an identity, once the identity has made this many calls (its learning period). Default 100; 0 = off. */
+  firstUseAfter: number;
 }
 
 export interface TlsConfig {
@@ -144,6 +221,9 @@ export interface AgentConfig {
   limits: LimitsConfig;
   pinning: PinningConfig;
   audit: AuditConfig;
+  /** Absent = no admin listener and no metrics. */
+  admin?: AdminConfig;
+  alerts: AlertsConfig;
   /** Directory relative paths were resolved against. */
   baseDir: string;
   /** The file the config came from, when loaded from one. */
@@ -172,7 +252,35 @@ export const DEFAULT_LIMITS: Readonly<LimitsConfig> = Object.freeze({
   maxArgumentBytes: 262_144,
   maxDepth: 32,
   maxStringLength: 65_536,
+  rate: Object.freeze({ perIdentity: Object.freeze({ limit: 6000, periodMs: 60_000, text: "6000/m" }), perTool: null, perClass: Object.freeze({}) }),
+  concurrency: 64,
+  coolDown: Object.freeze({ after: 50, withinMs: 60_000, forMs: 60_000 }),
+}) as Readonly<LimitsConfig>;
+export const DEFAULT_AUDIT = Object.freeze({ maxBytes: 100 * 1_048_576, keep: 10, chain: true });
+export const DEFAULT_ALERTS: Readonly<AlertsConfig> = Object.freeze({
+  queue: 1000,
+  attempts: 5,
+  retryMs: 500,
+  windowMs: 60_000,
+  spikeFactor: 5,
+  spikeMinCalls: 30,
+  ewmaAlpha: 0.3,
+  failures: 20,
+  handshakeFailures: 20,
+  writeBurst: 100,
+  firstUseAfter: 100,
 });
+
+/** Parses `N/period`: `100/m`, `3/s`, `10/5m`, `1/250ms`. */
+export function parseRate(text: string): RateSpec | string {
+  const m = /^\s*(\d+)\s*\/\s*(\d*(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/.exec(text);
+  if (!m) return `"${text}" is not a rate (examples: 100/m, 3/s, 10/5m; or off)`;
+  const limit = Number(m[1]);
+  const periodMs = (m[2] === "" ? 1 : Number(m[2])) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[3] as "s"];
+  if (limit < 1) return "the number of calls must be at least 1 (write off to disable)";
+  if (!(periodMs >= 1)) return "the period must be at least 1ms";
+  return { limit, periodMs, text: text.trim() };
+}
 export const DEFAULT_UPSTREAM_TIMEOUT_MS = 60_000;
 export const DEFAULT_PIN_FILE = "pins.json";
 
@@ -248,6 +356,7 @@ const CONFIG_SCHEMA = {
             additionalProperties: { type: ["string", "number", "boolean", "null"] },
           },
           stepUp: { type: "string", minLength: 1 },
+          rate: { type: "string", minLength: 1 },
           effect: { type: "string", enum: ["allow", "deny"] },
         },
       },
@@ -261,6 +370,31 @@ const CONFIG_SCHEMA = {
         maxArgumentBytes: { type: "integer", minimum: 1 },
         maxDepth: { type: "integer", minimum: 1, maximum: 1024 },
         maxStringLength: { type: "integer", minimum: 1 },
+        rate: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            perIdentity: { type: "string", minLength: 1 },
+            perTool: { type: "string", minLength: 1 },
+            perClass: {
+              type: "object",
+              additionalProperties: false,
+              properties: { read: { type: "string", minLength: 1 }, write: { type: "string", minLength: 1 }, unknown: { type: "string", minLength: 1 } },
+            },
+          },
+        },
+        concurrency: { type: "integer", minimum: 0 },
+        coolDown: {
+          oneOf: [
+            { type: "string", const: "off" },
+            {
+              type: "object",
+              additionalProperties: false,
+              required: ["after"],
+              properties: { after: { type: "integer", minimum: 1 }, within: { type: "string", minLength: 1 }, for: { type: "string", minLength: 1 } },
+            },
+          ],
+        },
       },
     },
     pinning: {
@@ -274,7 +408,38 @@ const CONFIG_SCHEMA = {
     audit: {
       type: "object",
       additionalProperties: false,
-      properties: { file: { type: "string", minLength: 1 } },
+      properties: {
+        file: { type: "string", minLength: 1 },
+        maxBytes: { type: "integer", minimum: 1024 },
+        keep: { type: "integer", minimum: 1, maximum: 1000 },
+        chain: { type: "boolean" },
+      },
+    },
+    admin: {
+      type: "object",
+      additionalProperties: false,
+      required: ["listen"],
+      properties: { listen: { type: "string", minLength: 1 } },
+    },
+    alerts: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        webhook: { type: "string", minLength: 1 },
+        queue: { type: "integer", minimum: 1 },
+        attempts: { type: "integer", minimum: 1, maximum: 20 },
+        retry: { type: "string", minLength: 1 },
+        window: { type: "string", minLength: 1 },
+        spikeFactor: { type: "number", exclusiveMinimum: 1 },
+        spikeMinCalls: { type: "integer", minimum: 1 },
+        ewmaAlpha: { type: "number", exclusiveMinimum: 0, maximum: 1 },
+        failures: { type: "integer", minimum: 1 },
+        handshakeFailures: { type: "integer", minimum: 1 },
+        writeBurst: { type: "integer", minimum: 1 },
+        maxCalls: { type: "integer", minimum: 1 },
+        maxCallsPerMinute: { type: "integer", minimum: 1 },
+        firstUseAfter: { type: "integer", minimum: 0 },
+      },
     },
   },
 } as const;
@@ -677,11 +842,33 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
   });
 
   // limits
-  const limits: LimitsConfig = { ...DEFAULT_LIMITS };
+  const limits: LimitsConfig = { ...DEFAULT_LIMITS, rate: { ...DEFAULT_LIMITS.rate, perClass: {} }, coolDown: DEFAULT_LIMITS.coolDown ? { ...DEFAULT_LIMITS.coolDown } : null };
   if (isObj(raw.limits)) {
-    for (const k of Object.keys(DEFAULT_LIMITS) as (keyof LimitsConfig)[]) {
+    for (const k of ["maxBodyBytes", "maxArgumentBytes", "maxDepth", "maxStringLength"] as const) {
       const v = raw.limits[k];
       if (typeof v === "number" && Number.isInteger(v) && v >= 1) limits[k] = v;
+    }
+    if (typeof raw.limits.concurrency === "number" && Number.isInteger(raw.limits.concurrency) && raw.limits.concurrency >= 0) limits.concurrency = raw.limits.concurrency;
+    const rate = isObj(raw.limits.rate) ? raw.limits.rate : {};
+    for (const k of ["perIdentity", "perTool"] as const) {
+      if (rate[k] !== undefined) limits.rate[k] = rateOrOff(rate[k], `limits.rate.${k}`, add);
+    }
+    if (isObj(rate.perClass)) {
+      for (const c of ["read", "write", "unknown"] as const) {
+        const r = rateOrOff(rate.perClass[c], `limits.rate.perClass.${c}`, add);
+        if (r) limits.rate.perClass[c] = r;
+      }
+    }
+    const cd = raw.limits.coolDown;
+    if (cd === "off") limits.coolDown = null;
+    else if (isObj(cd)) {
+      const c = { ...DEFAULT_LIMITS.coolDown! };
+      if (typeof cd.after === "number" && Number.isInteger(cd.after) && cd.after >= 1) c.after = cd.after;
+      const w = duration(cd.within, "limits.coolDown.within", add);
+      if (w !== undefined) c.withinMs = w;
+      const f = duration(cd.for, "limits.coolDown.for", add);
+      if (f !== undefined) c.forMs = f;
+      limits.coolDown = c;
     }
     if (limits.maxArgumentBytes > limits.maxBodyBytes) {
       add("limits.maxArgumentBytes", `(${limits.maxArgumentBytes}) is larger than limits.maxBodyBytes (${limits.maxBodyBytes}), so it could never apply`);
@@ -695,7 +882,25 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
     mode: pin.mode === "strict" ? "strict" : "tofu",
   };
   const auditRaw = isObj(raw.audit) ? raw.audit : {};
-  const audit: AuditConfig = isStr(auditRaw.file) ? { file: resolvePath(baseDir, auditRaw.file) } : {};
+  const audit: AuditConfig = { ...DEFAULT_AUDIT };
+  if (isStr(auditRaw.file)) audit.file = resolvePath(baseDir, auditRaw.file);
+  if (typeof auditRaw.maxBytes === "number" && Number.isInteger(auditRaw.maxBytes) && auditRaw.maxBytes >= 1024) audit.maxBytes = auditRaw.maxBytes;
+  if (typeof auditRaw.keep === "number" && Number.isInteger(auditRaw.keep) && auditRaw.keep >= 1) audit.keep = auditRaw.keep;
+  if (auditRaw.chain === false) audit.chain = false;
+  if ((auditRaw.maxBytes !== undefined || auditRaw.keep !== undefined) && !isStr(auditRaw.file)) add("audit.maxBytes", "rotation needs audit.file (stdout is not rotated)");
+
+  // admin
+  let admin: AdminConfig | undefined;
+  if (isObj(raw.admin) && isStr(raw.admin.listen)) {
+    const r = parseListenAddress(raw.admin.listen);
+    if (typeof r === "string") add("admin.listen", r);
+    else if (!isLoopbackHost(r.host)) add("admin.listen", `"${r.host}" is not loopback; the admin listener (metrics, status) serves plain HTTP and must stay on this machine (e.g. 127.0.0.1:9100)`);
+    else if (r.host === listen.host && r.port !== 0 && r.port === listen.port) add("admin.listen", "must differ from listen");
+    else admin = { listen: r };
+  }
+
+  // alerts
+  const alerts = checkAlerts(raw.alerts, add);
 
   const cfg: AgentConfig = {
     listen,
@@ -710,11 +915,55 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
     limits,
     pinning,
     audit,
+    alerts,
     baseDir,
   };
+  if (admin !== undefined) cfg.admin = admin;
   if (ca !== undefined) cfg.ca = ca;
   if (trustDomains !== undefined) cfg.trustDomains = trustDomains;
   return cfg;
+}
+
+function rateOrOff(v: unknown, path: string, add: Add): RateSpec | null {
+  if (!isStr(v) || v.trim() === "off") return null;
+  const r = parseRate(v);
+  if (typeof r === "string") {
+    add(path, r);
+    return null;
+  }
+  return r;
+}
+
+function checkAlerts(v: unknown, add: Add): AlertsConfig {
+  const a: AlertsConfig = { ...DEFAULT_ALERTS };
+  if (!isObj(v)) return a;
+  const int = (k: keyof AlertsConfig, min: number) => {
+    const x = v[k];
+    if (typeof x === "number" && Number.isInteger(x) && x >= min) (a as any)[k] = x;
+  };
+  for (const k of ["queue", "attempts", "spikeMinCalls", "failures", "handshakeFailures", "writeBurst", "maxCalls"] as const) int(k, 1);
+  int("firstUseAfter", 0);
+  if (typeof v.spikeFactor === "number" && v.spikeFactor > 1) a.spikeFactor = v.spikeFactor;
+  if (typeof v.ewmaAlpha === "number" && v.ewmaAlpha > 0 && v.ewmaAlpha <= 1) a.ewmaAlpha = v.ewmaAlpha;
+  const w = duration(v.window, "alerts.window", add);
+  if (w !== undefined) a.windowMs = w;
+  const r = duration(v.retry, "alerts.retry", add);
+  if (r !== undefined) a.retryMs = r;
+  if (typeof v.maxCallsPerMinute === "number" && Number.isInteger(v.maxCallsPerMinute) && v.maxCallsPerMinute >= 1) {
+    if (v.maxCalls !== undefined) add("alerts.maxCallsPerMinute", "give either maxCalls (per window) or maxCallsPerMinute, not both");
+    else a.maxCalls = Math.max(1, Math.round((v.maxCallsPerMinute * a.windowMs) / 60_000));
+  }
+  if (isStr(v.webhook)) {
+    try {
+      const u = new URL(v.webhook);
+      if (u.protocol !== "http:" && u.protocol !== "https:") add("alerts.webhook", `must be an http:// or https:// URL, not ${u.protocol}`);
+      else if (u.username || u.password) add("alerts.webhook", "must not carry credentials in the URL");
+      else a.webhook = v.webhook;
+    } catch {
+      add("alerts.webhook", `"${v.webhook}" is not a URL`);
+    }
+  }
+  return a;
 }
 
 function checkRule(r: Record<string, unknown>, i: number, trustDomains: string[] | undefined, add: Add): RuleConfig {
@@ -797,6 +1046,12 @@ function checkRule(r: Record<string, unknown>, i: number, trustDomains: string[]
     if (effect === "deny") add(`${at}.stepUp`, "only applies to allow rules (a deny needs no fresh certificate)");
     const ms = duration(r.stepUp, `${at}.stepUp`, add);
     if (ms !== undefined && effect === "allow") rule.stepUpMs = ms;
+  }
+  if (r.rate !== undefined) {
+    if (effect === "deny") add(`${at}.rate`, "only applies to allow rules");
+    else if (!hasToolTarget) add(`${at}.rate`, "limits tools/call, so the rule needs tools or access");
+    const rate = rateOrOff(r.rate, `${at}.rate`, add);
+    if (rate && effect === "allow") rule.rate = rate;
   }
   return rule;
 }

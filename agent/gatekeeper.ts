@@ -1,5 +1,6 @@
-import type { LimitsConfig, ToolDeclaration } from "./config.ts";
-import { classify, errorResponse, idKey, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, type Classified, type JsonRpcMessage, type JsonRpcResponse } from "./jsonrpc.ts";
+import type { LimitsConfig, RateSpec, ToolDeclaration } from "./config.ts";
+import type { Limiter } from "./limits.ts";
+import { classify, errorResponse, idKey, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RATE_LIMITED, RESOURCE_NOT_FOUND, type Classified, type JsonRpcMessage, type JsonRpcResponse } from "./jsonrpc.ts";
 import type { Caller, Decision, Policy, ToolInfo } from "./policy.ts";
 import type { PinStore, Tool } from "./pinning.ts";
 import { checkLimits, type ArgumentValidator } from "./schema.ts";
@@ -13,8 +14,26 @@ import type { Logger } from "../lib/log.ts";
  * is ever written to the upstream.
  */
 export type Verdict =
-  | { action: "forward" }
-  | { action: "reply"; reply: JsonRpcResponse | null; status: number };
+  /** `done`, when present, must be called once the upstream has answered (it frees a concurrency slot). */
+  | { action: "forward"; done?: () => void }
+  | { action: "reply"; reply: JsonRpcResponse | null; status: number; headers?: Record<string, string> };
+
+/** Why a message was refused, for metrics and alerts. */
+export type FailureKind = "authorization" | "validation" | "rate" | "invalid";
+
+/** Every decision, as watchers (metrics, alerts) see it. */
+export interface DecisionEvent {
+  identity: string;
+  method: string;
+  tool?: string;
+  access?: string;
+  decision: "allow" | "deny";
+  failure?: FailureKind;
+  /** For rate-limit refusals: the limit's scope and whether this violation started a cool-down. */
+  limitScope?: string;
+  coolDown?: boolean;
+  seconds: number;
+}
 
 export interface ClientMessageContext {
   caller: Caller;
@@ -32,12 +51,29 @@ export interface GatekeeperOptions {
   limits: LimitsConfig;
   audit: AuditSink;
   logger: Logger;
+  /** Rate and concurrency limits on tools/call; absent = none. */
+  limiter?: Limiter;
+  /** Rule-level `rate:` by rule id. */
+  ruleRates?: ReadonlyMap<string, RateSpec>;
+  /** Sees every decision (metrics, alerts). Must not throw or block. */
+  onDecision?: (ev: DecisionEvent) => void;
 }
 
 /** The 2025-11-25 revision reports invalid tool arguments as a tool result with isError, so models can self-correct. */
 const TOOL_ERROR_RESULT_SINCE = "2025-11-25";
 
 const FORWARD: Verdict = { action: "forward" };
+
+interface AuditExtra {
+  tool?: string;
+  target?: string;
+  args?: unknown;
+  access?: string;
+  failure?: FailureKind;
+  limitScope?: string;
+  coolDown?: boolean;
+  headers?: Record<string, string>;
+}
 
 /** Requests whose responses the agent reads: the negotiated version, and tool listings to pin and filter. */
 export const INSPECTED_RESPONSES: ReadonlySet<string> = new Set(["initialize", "tools/list"]);
@@ -67,7 +103,7 @@ export class Gatekeeper {
    * A JSON-RPC batch (only legal on 2025-03-26 sessions): every element is decided; the batch is forwarded only if
    * all are allowed, else the client gets one reply per element, so a denied call cannot ride along with allowed ones.
    */
-  async checkBatch(ctx: ClientMessageContext, items: unknown[]): Promise<{ forward: true } | { forward: false; replies: JsonRpcResponse[] }> {
+  async checkBatch(ctx: ClientMessageContext, items: unknown[]): Promise<{ forward: true; done: () => void } | { forward: false; replies: JsonRpcResponse[] }> {
     const verdicts: Verdict[] = [];
     for (const item of items) {
       const c = classify(item);
@@ -77,7 +113,11 @@ export class Gatekeeper {
       }
       verdicts.push(await this.#check(ctx, c));
     }
-    if (verdicts.every((v) => v.action === "forward")) return { forward: true };
+    const done = () => {
+      for (const v of verdicts) if (v.action === "forward") v.done?.();
+    };
+    if (verdicts.every((v) => v.action === "forward")) return { forward: true, done };
+    done();
     const replies: JsonRpcResponse[] = [];
     verdicts.forEach((v, i) => {
       if (v.action === "reply") {
@@ -97,7 +137,7 @@ export class Gatekeeper {
     const started = process.hrtime.bigint();
     const { caller, session } = ctx;
     if (c.kind === "invalid") {
-      this.#audit(ctx, started, "(invalid)", { allow: false, rule: null, reason: c.reason });
+      this.#audit(ctx, started, "(invalid)", { allow: false, rule: null, reason: c.reason }, { failure: "invalid" });
       return { action: "reply", status: 400, reply: errorResponse(c.id, INVALID_REQUEST, `Invalid Request: ${c.reason}`) };
     }
     if (c.kind === "response") {
@@ -108,17 +148,17 @@ export class Gatekeeper {
     const params = (msg.params ?? {}) as Record<string, any>;
     const isRequest = c.kind === "request";
     const id = isRequest ? c.msg.id : null;
-    const deny = (d: Decision, reply: JsonRpcResponse | null, extra: { tool?: string; target?: string } = {}): Verdict => {
-      this.#audit(ctx, started, msg.method, d, extra);
-      return { action: "reply", status: isRequest ? 200 : 403, reply: isRequest ? reply : null };
+    const deny = (d: Decision, reply: JsonRpcResponse | null, extra: AuditExtra = {}): Verdict => {
+      this.#audit(ctx, started, msg.method, d, { failure: "authorization", ...extra });
+      return { action: "reply", status: isRequest ? 200 : 403, reply: isRequest ? reply : null, headers: extra.headers };
     };
-    const allow = (d: Decision, extra: { tool?: string; target?: string; args?: unknown } = {}): Verdict => {
+    const allow = (d: Decision, extra: AuditExtra = {}, done?: () => void): Verdict => {
       // Only responses the agent must read (handshake, listings) are tracked; the rest pass through untouched.
       if (isRequest && INSPECTED_RESPONSES.has(msg.method)) {
         session.pending.set(idKey(c.msg.id), { method: msg.method, at: Date.now(), paged: typeof params.cursor === "string" });
       }
       this.#audit(ctx, started, msg.method, d, extra);
-      return FORWARD;
+      return done ? { action: "forward", done } : FORWARD;
     };
 
     switch (msg.method) {
@@ -142,14 +182,28 @@ export class Gatekeeper {
         const unknown = errorResponse(id, INVALID_PARAMS, `Unknown tool: ${name}`);
         if (!tool) return deny({ allow: false, rule: null, reason: session.tools ? "tool not listed by the upstream, or blocked by pinning" : "tool catalog unavailable" }, unknown, { tool: name });
         const d = this.#o.policy.tool(caller, tool as ToolInfo, args ?? {});
+        const access = this.#o.policy.accessOf(tool as ToolInfo);
         // Unauthorized and unknown look the same to the caller: the listing never showed the tool either.
-        if (!d.allow) return deny(d, unknown, { tool: name });
+        if (!d.allow) return deny(d, unknown, { tool: name, access });
         const limit = checkLimits(args ?? {}, this.#o.limits);
         const invalid = limit ?? this.#o.validator.validate(tool, this.#o.tools[name]?.schema, args ?? {}, session.protocolVersion);
         if (invalid !== null) {
-          return deny({ allow: false, rule: d.rule, reason: `invalid arguments: ${invalid}` }, this.#invalidArguments(id, session, name, invalid), { tool: name });
+          return deny({ allow: false, rule: d.rule, reason: `invalid arguments: ${invalid}` }, this.#invalidArguments(id, session, name, invalid), { tool: name, access, failure: "validation" });
         }
-        return allow(d, { tool: name, args });
+        // Limits last: only a call that would otherwise run costs a token, and a limited call never reaches the upstream.
+        let release: (() => void) | undefined;
+        if (this.#o.limiter) {
+          const lv = this.#o.limiter.check({ identity: caller.id, tool: name, access, rule: d.rule ? { id: d.rule, rate: this.#o.ruleRates?.get(d.rule) } : undefined });
+          if (!lv.ok) {
+            const retry = Math.max(1, lv.retryAfterMs);
+            const reply = errorResponse(id, RATE_LIMITED, `Rate limit exceeded: ${lv.scope === "concurrency" ? "too many calls in flight" : `limit ${lv.limit}`}; retry after ${retry} ms`, { retryAfterMs: retry, scope: lv.scope });
+            return deny({ allow: false, rule: d.rule, reason: lv.coolDown ? `${lv.reason}; cool-down started` : lv.reason }, reply, {
+              tool: name, access, failure: "rate", limitScope: lv.scope, coolDown: lv.coolDown, headers: { "retry-after": String(Math.ceil(retry / 1000)) },
+            });
+          }
+          release = lv.release;
+        }
+        return allow(d, { tool: name, args, access }, release);
       }
       case "resources/read":
       case "resources/subscribe":
@@ -228,7 +282,25 @@ export class Gatekeeper {
     return review.allowed.filter((t) => this.#o.policy.listTool(caller, t as ToolInfo));
   }
 
-  #audit(ctx: ClientMessageContext, started: bigint, method: string, d: Decision, extra: { tool?: string; target?: string; args?: unknown } = {}): void {
+  /**
+   * The whole-request refusal of an identity in cool-down (HTTP 429): milliseconds left, or 0. Audited and counted
+   * like any decision.
+   */
+  coolDown(caller: Caller, transport: string): number {
+    const left = this.#o.limiter?.coolDownLeft(caller.id) ?? 0;
+    if (left > 0) {
+      this.#o.audit.record({ identity: caller.id, session: null, method: "(request)", decision: "deny", rule: null, reason: `rate limit cool-down: ${left} ms left`, decisionUs: 0, transport });
+      this.#o.onDecision?.({ identity: caller.id, method: "(request)", decision: "deny", failure: "rate", limitScope: "cool-down", seconds: 0 });
+    }
+    return left;
+  }
+
+  #audit(ctx: ClientMessageContext, started: bigint, method: string, d: Decision, extra: AuditExtra = {}): void {
+    const us = Number((process.hrtime.bigint() - started) / 1000n);
+    this.#o.onDecision?.({
+      identity: ctx.caller.id, method, tool: extra.tool, access: extra.access, decision: d.allow ? "allow" : "deny",
+      failure: d.allow ? undefined : (extra.failure ?? "authorization"), limitScope: extra.limitScope, coolDown: extra.coolDown, seconds: us / 1e6,
+    });
     this.#o.audit.record({
       identity: ctx.caller.id,
       session: ctx.session.upstreamId,
@@ -238,7 +310,7 @@ export class Gatekeeper {
       decision: d.allow ? "allow" : "deny",
       rule: d.rule,
       reason: d.reason,
-      decisionUs: Number((process.hrtime.bigint() - started) / 1000n),
+      decisionUs: us,
       argsHash: extra.args === undefined ? undefined : hashArguments(extra.args),
       transport: ctx.transport,
     });

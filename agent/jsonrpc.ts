@@ -36,6 +36,8 @@ export const RESOURCE_NOT_FOUND = -32002;
 /** Used by the SDK for "session not found" and by the agent for refusals that are not about the message. */
 export const SERVER_ERROR = -32000;
 export const SESSION_NOT_FOUND = -32001;
+/** A call refused by a rate or concurrency limit; `error.data.retryAfterMs` says when to try again. */
+export const RATE_LIMITED = -32029;
 
 export type Classified =
   | { kind: "request"; msg: JsonRpcRequest }

@@ -24,6 +24,8 @@ export interface TlsGateOptions {
   /** Connection-level authorization: could any allow rule ever apply to this identity? */
   admits: (id: string) => boolean;
   logger: Logger;
+  /** Sees every refusal (metrics, alerts). */
+  onRefuse?: (reason: string, remote: string, identity?: string) => void;
 }
 
 /** TLS 1.2, when an operator opts in, is limited to ECDHE key exchange with AEAD ciphers. */
@@ -95,6 +97,7 @@ export class TlsGate {
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const refuse = (reason: string, detail: string, id?: string): null => {
       this.#o.logger.warn({ event: "handshake_refused", remote, reason, detail, identity: id }, "client refused at the TLS gate");
+      this.#o.onRefuse?.(reason, remote, id);
       return null;
     };
     if (socket.isSessionReused()) return refuse("session_resumed", "TLS session resumption is not accepted");

@@ -252,6 +252,27 @@ export function buildProgram(): Command {
       if (!allowed) process.exitCode = 3;
     });
 
+  agent.command("status")
+    .description("a human summary from a running agent's admin listener: traffic, denials, certificates, upstream")
+    .option("--admin <url>", "the admin listener, e.g. http://127.0.0.1:9100")
+    .option("--config <file>", "find the admin listener in this agent configuration")
+    .option("--json", "print the raw JSON status")
+    .action(async (o) => {
+      let base: string | undefined = o.admin;
+      if (!base && o.config) {
+        const { loadAgentConfig } = await import("../agent/config.ts");
+        const cfg = loadAgentConfig(o.config);
+        if (!cfg.admin) throw new InvalidArgumentError("config", `${o.config} has no admin.listen; the agent serves no status`);
+        if (cfg.admin.listen.port === 0) throw new InvalidArgumentError("config", "admin.listen uses port 0 (a random port): pass --admin URL");
+        const h = cfg.admin.listen.host.includes(":") ? `[${cfg.admin.listen.host}]` : cfg.admin.listen.host;
+        base = `http://${h}:${cfg.admin.listen.port}`;
+      }
+      if (!base) throw new InvalidArgumentError("admin", "pass --admin URL or --config FILE");
+      const { fetchStatus, formatStatus } = await import("../agent/status.ts");
+      const st = await fetchStatus(base);
+      console.log(o.json ? JSON.stringify(st, null, 2) : formatStatus(st));
+    });
+
   const tools = agent.command("tools").description("tool pinning");
   tools.command("approve")
     .description("approve a changed tool definition (or pin a given hash)")
@@ -275,6 +296,25 @@ export function buildProgram(): Command {
       const cfg = loadAgentConfig(o.config);
       const store = PinStore.fromConfig(cfg);
       for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
+    });
+
+  const audit = program.command("audit").description("the agent's tamper-evident audit log");
+  audit.command("verify")
+    .description("check the hash chain of audit files (oldest first, e.g. audit.log.2 audit.log.1 audit.log)")
+    .argument("<files...>", "audit log files, oldest first")
+    .option("--json", "print JSON")
+    .action(async (files: string[], o) => {
+      const { verifyAuditFiles, GENESIS } = await import("../agent/audit.ts");
+      const r = verifyAuditFiles(files);
+      if (o.json) console.log(JSON.stringify(r, null, 2));
+      else if (r.ok) {
+        console.log(`OK: ${r.records} records in ${r.files} file(s), seq ${r.lastSeq === null ? "-" : `..${r.lastSeq}`}, last hash ${r.lastHash ?? "-"}`);
+        if (r.anchoredAt && r.anchoredAt !== GENESIS) console.log(`  (starts after a rotated-away record with hash ${r.anchoredAt})`);
+      } else {
+        console.error(`BROKEN: ${r.problem!.file}:${r.problem!.line}: ${r.problem!.reason}`);
+        console.error(`  ${r.records} records verified before it`);
+      }
+      if (!r.ok) process.exitCode = 1;
     });
 
   program.command("demo")

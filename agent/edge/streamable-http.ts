@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { errorResponse, INVALID_REQUEST, PARSE_ERROR, SESSION_NOT_FOUND, SERVER_ERROR, type JsonRpcMessage, type JsonRpcResponse } from "../jsonrpc.ts";
+import { errorResponse, INVALID_REQUEST, RATE_LIMITED, PARSE_ERROR, SESSION_NOT_FOUND, SERVER_ERROR, type JsonRpcMessage, type JsonRpcResponse } from "../jsonrpc.ts";
 import { INSPECTED_RESPONSES, type ClientMessageContext, type Gatekeeper } from "../gatekeeper.ts";
 import { DEFAULT_PROTOCOL_VERSION, type Session, type SessionTable } from "../session.ts";
 import type { Caller } from "../policy.ts";
@@ -74,6 +74,13 @@ export class StreamableHttpEdge {
       if (origin !== undefined && !this.#sameOrigin(origin, header(req, "host"))) {
         this.#o.logger.warn({ event: "origin_refused", identity: caller.id, origin }, "request with a foreign Origin refused");
         return sendJson(res, 403, errorResponse(null, SERVER_ERROR, "Forbidden: Origin not allowed"));
+      }
+      if (req.method !== "DELETE") {
+        // An identity in cool-down is refused whole requests, before any body is read.
+        const left = this.#o.gate.coolDown(caller, "streamable-http");
+        if (left > 0) {
+          return sendJson(res, 429, errorResponse(null, RATE_LIMITED, `Too many requests: cool-down for another ${left} ms`, { retryAfterMs: left }), { "retry-after": String(Math.ceil(left / 1000)) });
+        }
       }
       switch (req.method) {
         case "POST":
@@ -152,6 +159,7 @@ export class StreamableHttpEdge {
     const ctx = this.#context(session, caller, req);
     let inspect: boolean;
     let expectsResponse: boolean;
+    let done: (() => void) | undefined;
     if (Array.isArray(parsed)) {
       if (parsed.length === 0) return sendJson(res, 400, errorResponse(null, INVALID_REQUEST, "Invalid Request: empty batch"));
       if (session.protocolVersion !== "2025-03-26") {
@@ -159,26 +167,32 @@ export class StreamableHttpEdge {
       }
       const verdict = await this.#o.gate.checkBatch(ctx, parsed);
       if (!verdict.forward) return verdict.replies.length ? sendJson(res, 200, verdict.replies) : void res.writeHead(403).end();
+      done = verdict.done;
       inspect = parsed.some((m: any) => INSPECTED_RESPONSES.has(m?.method));
       expectsResponse = parsed.some((m: any) => m && "id" in m && "method" in m);
     } else {
       const verdict = await this.#o.gate.checkClientMessage(ctx, parsed);
       if (verdict.action === "reply") {
-        if (verdict.reply) return sendJson(res, verdict.status, verdict.reply);
+        if (verdict.reply) return sendJson(res, verdict.status, verdict.reply, verdict.headers);
         return sendJson(res, verdict.status, errorResponse(null, SERVER_ERROR, "Forbidden"));
       }
+      done = verdict.done;
       const m = parsed as any;
       inspect = INSPECTED_RESPONSES.has(m?.method);
       expectsResponse = "id" in m && "method" in m;
     }
 
-    const up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body);
-    if (isInit && up.status >= 200 && up.status < 300) {
-      const sid = up.headers["mcp-session-id"];
-      if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);
-      else this.#o.sessions.adopt(session, `~${caller.id}`, null);
+    try {
+      const up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body);
+      if (isInit && up.status >= 200 && up.status < 300) {
+        const sid = up.headers["mcp-session-id"];
+        if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);
+        else this.#o.sessions.adopt(session, `~${caller.id}`, null);
+      }
+      await this.#relay(res, up, session, caller, inspect || !expectsResponse ? "inspect" : "stream");
+    } finally {
+      done?.();
     }
-    await this.#relay(res, up, session, caller, inspect || !expectsResponse ? "inspect" : "stream");
   }
 
   async #get(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {

@@ -1,5 +1,6 @@
 import { Agent, request, type Dispatcher } from "undici";
 import type { Readable } from "node:stream";
+import { performance } from "node:perf_hooks";
 import { MeshError } from "../../lib/errors.ts";
 
 export interface UpstreamResponse {
@@ -22,6 +23,8 @@ export class HttpUpstream {
   readonly url: URL;
   readonly #dispatcher: Dispatcher;
   readonly #timeoutMs: number;
+  /** Sees each request's round trip (to the response headers) and outcome: metrics and upstream health. */
+  observe?: (method: string, seconds: number, ok: boolean, error?: string) => void;
 
   constructor(opts: { url: string; socketPath?: string; timeoutMs: number; connections?: number }) {
     this.url = new URL(opts.url);
@@ -38,10 +41,13 @@ export class HttpUpstream {
   }
 
   async send(method: "GET" | "POST" | "DELETE", headers: Record<string, string>, body?: Buffer, signal?: AbortSignal): Promise<UpstreamResponse> {
+    const t0 = this.observe ? performance.now() : 0;
     try {
       const res = await request(this.url, { method, headers, body, dispatcher: this.#dispatcher, signal, headersTimeout: this.#timeoutMs });
+      this.observe?.(method, (performance.now() - t0) / 1000, res.statusCode < 500, res.statusCode < 500 ? undefined : `HTTP ${res.statusCode}`);
       return { status: res.statusCode, headers: res.headers, body: res.body as unknown as Readable };
     } catch (e) {
+      if (!signal?.aborted) this.observe?.(method, (performance.now() - t0) / 1000, false, (e as Error).message);
       throw new UpstreamError(`upstream ${this.url.origin} unavailable: ${(e as Error).message}`, { cause: e });
     }
   }

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigError, loadAgentConfig, parseAgentConfig, parseListenAddress, isLoopbackHost, DEFAULT_LIMITS } from "../../agent/config.ts";
+import { ConfigError, loadAgentConfig, parseAgentConfig, parseListenAddress, isLoopbackHost, parseRate, DEFAULT_LIMITS, DEFAULT_ALERTS } from "../../agent/config.ts";
 import { checkConfigFile, explainCall } from "../../agent/explain.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "mcpmesh-config-"));
@@ -176,6 +176,19 @@ const BAD: { name: string; mutate: (c: Record<string, any>) => unknown; path: st
   },
   { name: "pinning mode", mutate: (c) => (c.pinning = { mode: "yolo" }), path: "pinning.mode", message: /"tofu", "strict"/ },
   { name: "audit typo", mutate: (c) => (c.audit = { fille: "x" }), path: "audit.fille", message: /did you mean "file"/ },
+  { name: "bad rate", mutate: (c) => (c.limits = { rate: { perIdentity: "lots" } }), path: "limits.rate.perIdentity", message: /not a rate/ },
+  { name: "bad class rate", mutate: (c) => (c.limits = { rate: { perClass: { write: "0/m" } } }), path: "limits.rate.perClass.write", message: /at least 1/ },
+  { name: "unknown class", mutate: (c) => (c.limits = { rate: { perClass: { exec: "1/m" } } }), path: "limits.rate.perClass.exec", message: /not allowed|unknown/ },
+  { name: "negative concurrency", mutate: (c) => (c.limits = { concurrency: -1 }), path: "limits.concurrency", message: /.+/ },
+  { name: "bad cool-down window", mutate: (c) => (c.limits = { coolDown: { after: 3, within: "soon" } }), path: "limits.coolDown.within", message: /not a duration/ },
+  { name: "rule rate on a deny", mutate: (c) => (c.rules[1].rate = "1/m"), path: "rules[1].rate", message: /only applies to allow rules/ },
+  { name: "rule rate malformed", mutate: (c) => (c.rules[0].rate = "3 per second"), path: "rules[0].rate", message: /not a rate/ },
+  { name: "admin not loopback", mutate: (c) => (c.admin = { listen: "0.0.0.0:9100" }), path: "admin.listen", message: /not loopback/ },
+  { name: "admin without port", mutate: (c) => (c.admin = { listen: "127.0.0.1" }), path: "admin.listen", message: /needs a port/ },
+  { name: "alerts webhook not a URL", mutate: (c) => (c.alerts = { webhook: "nope" }), path: "alerts.webhook", message: /not a URL/ },
+  { name: "alerts window", mutate: (c) => (c.alerts = { window: "1 minute" }), path: "alerts.window", message: /not a duration/ },
+  { name: "alerts typo", mutate: (c) => (c.alerts = { spikefactor: 3 }), path: "alerts.spikefactor", message: /spikeFactor/ },
+  { name: "audit rotation without file", mutate: (c) => (c.audit = { maxBytes: 4096 }), path: "audit.maxBytes", message: /needs audit.file/ },
   { name: "top-level typo", mutate: (c) => ((c.rule = c.rules), delete c.rules), path: "rule", message: /did you mean "rules"/ },
   { name: "unknown top-level", mutate: (c) => (c.rateLimit = 5), path: "rateLimit", message: /unknown field/ },
 ];
@@ -287,7 +300,9 @@ audit: { file: audit.log }
   assert.deepEqual(cfg.methods, []);
   assert.deepEqual(cfg.limits, DEFAULT_LIMITS);
   assert.deepEqual(cfg.pinning, { file: join(dir, "state", "pins.json"), mode: "tofu" });
-  assert.deepEqual(cfg.audit, { file: join(dir, "audit.log") });
+  assert.deepEqual(cfg.audit, { file: join(dir, "audit.log"), maxBytes: 100 * 1_048_576, keep: 10, chain: true });
+  assert.equal(cfg.admin, undefined);
+  assert.deepEqual(cfg.alerts, DEFAULT_ALERTS);
   assert.equal(cfg.file, file);
   assert.equal(cfg.baseDir, dir);
 });
@@ -413,4 +428,29 @@ rules:
   const stale = explainCall(cfg, "spiffe://example.org/acme/bob", "write-file", { tenant: "acme", path: "/tmp/x" }, now, now - 3_600_000);
   assert.equal(stale.decision.allow, false);
   assert.match(stale.decision.reason, /issued within 10m \(this one was issued 1h ago\)/);
+});
+
+test("limits, admin, alerts and audit rotation parse with their units", () => {
+  const cfg = parseAgentConfig({
+    listen: "127.0.0.1:8443", identity: "id", upstream: { url: "http://127.0.0.1:3001/mcp" },
+    rules: [{ id: "r", clients: ["*"], tools: ["echo"], rate: "3/s" }],
+    limits: { rate: { perIdentity: "off", perTool: "100/m", perClass: { write: "10/5m" } }, concurrency: 2, coolDown: { after: 5, within: "1m", for: "5m" } },
+    admin: { listen: "127.0.0.1:9100" },
+    alerts: { webhook: "http://127.0.0.1:9999/hook", window: "10s", maxCallsPerMinute: 60, firstUseAfter: 0 },
+    audit: { file: "a.log", maxBytes: 4096, keep: 3 },
+  }, dir);
+  assert.equal(cfg.limits.rate.perIdentity, null);
+  assert.deepEqual(cfg.limits.rate.perTool, { limit: 100, periodMs: 60_000, text: "100/m" });
+  assert.deepEqual(cfg.limits.rate.perClass.write, { limit: 10, periodMs: 300_000, text: "10/5m" });
+  assert.equal(cfg.limits.concurrency, 2);
+  assert.deepEqual(cfg.limits.coolDown, { after: 5, withinMs: 60_000, forMs: 300_000 });
+  assert.deepEqual(cfg.rules[0].rate, { limit: 3, periodMs: 1000, text: "3/s" });
+  assert.deepEqual(cfg.admin, { listen: { host: "127.0.0.1", port: 9100 } });
+  assert.equal(cfg.alerts.windowMs, 10_000);
+  assert.equal(cfg.alerts.maxCalls, 10, "maxCallsPerMinute is scaled to the window");
+  assert.equal(cfg.alerts.firstUseAfter, 0);
+  assert.deepEqual(cfg.audit, { file: join(dir, "a.log"), maxBytes: 4096, keep: 3, chain: true });
+  assert.equal(parseAgentConfig({ listen: "127.0.0.1:1", identity: "i", upstream: { url: "http://127.0.0.1:1/mcp" }, rules: [], limits: { coolDown: "off" } }, dir).limits.coolDown, null);
+  assert.deepEqual(parseRate("1/250ms"), { limit: 1, periodMs: 250, text: "1/250ms" });
+  assert.match(String(parseRate("5/x")), /not a rate/);
 });

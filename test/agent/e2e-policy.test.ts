@@ -63,7 +63,7 @@ test("tools/list shows each identity exactly what its rules allow; a denied tool
   // bob-no-add (deny) beats team-a (allow).
   assert.deepEqual(await listed("team-a/bob"), ["echo", "get-weather"]);
   // admin-all says "*", but no-delete wins over it.
-  assert.deepEqual(await listed("admin"), ["add", "echo", "get-weather", "slow-count", "tenant-report"]);
+  assert.deepEqual(await listed("admin"), ["add", "echo", "get-weather", "hold", "slow-count", "tenant-report"]);
   // Operator-declared read tools only: add and tenant-report are undeclared, delete-file is write.
   assert.deepEqual(await listed("analysts/ann"), ["echo", "get-weather"]);
   assert.deepEqual(await listed("tenant/acme/u1"), ["tenant-report"]);

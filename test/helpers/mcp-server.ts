@@ -19,6 +19,9 @@ export interface TestMcpServer {
   url: string;
   port: number;
   received: ReceivedRequest[];
+  /** Calls of the `hold` tool now waiting; `releaseHeld()` lets them all finish. */
+  held(): number;
+  releaseHeld(): void;
   /** Changes a tool's description on every live session and notifies list_changed (a "rug pull"). */
   changeDescription(tool: string, description: string): void;
   reset(): void;
@@ -34,6 +37,12 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
   const transports = new Map<string, StreamableHTTPServerTransport>();
   const registered: Map<string, RegisteredTool>[] = [];
   const descriptions = new Map<string, string>();
+  let waiting: (() => void)[] = [];
+  const releaseHeld = () => {
+    const w = waiting;
+    waiting = [];
+    for (const r of w) r();
+  };
 
   const build = () => {
     const server = new McpServer({ name: "test-upstream", version: "1.0.0" }, { capabilities: { tools: { listChanged: true }, logging: {} } });
@@ -56,6 +65,11 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
         }
         await server.server.sendLoggingMessage({ level: "info", data: `counted to ${steps}` }, extra.sessionId);
         return { content: [{ type: "text", text: `counted ${steps}` }] };
+      }));
+    tools.set("hold", server.registerTool("hold", { description: "Waits until the test releases it", inputSchema: {} },
+      async () => {
+        await new Promise<void>((resolve) => waiting.push(resolve));
+        return { content: [{ type: "text", text: "released" }] };
       }));
     registered.push(tools);
     return server;
@@ -113,7 +127,10 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
     reset() {
       received.length = 0;
     },
+    held: () => waiting.length,
+    releaseHeld,
     async close() {
+      releaseHeld();
       for (const t of transports.values()) await t.close().catch(() => {});
       await new Promise<void>((resolve) => {
         httpServer.close(() => resolve());
