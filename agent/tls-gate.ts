@@ -8,6 +8,12 @@ import type { Identity } from "../identity/store.ts";
 import { checkPeerSvid, describeTlsAuthError } from "./svid.ts";
 import type { RevocationList } from "./revocation.ts";
 
+/** Revocation status cannot be known: every certificate is refused, with this reason in the log. */
+export interface RevocationUnavailable {
+  refuse: "revocation_unavailable" | "revocation_stale";
+  detail: string;
+}
+
 /** What the gate learned about an accepted peer; attached to the connection and every session opened on it. */
 export interface PeerIdentity {
   id: string;
@@ -19,8 +25,11 @@ export interface PeerIdentity {
 
 export interface TlsGateOptions {
   trustDomains: readonly string[];
-  /** The current revocation list, or null when none is configured. */
-  revocation: () => RevocationList | null;
+  /**
+   * The current revocation list, null when none is configured, or a refusal when revocation status is unknown and the
+   * agent fails closed (no CRL yet, or the last one is past its nextUpdate).
+   */
+  revocation: () => RevocationList | null | RevocationUnavailable;
   /** Connection-level authorization: could any allow rule ever apply to this identity? */
   admits: (id: string) => boolean;
   logger: Logger;
@@ -104,6 +113,7 @@ export class TlsGate {
     const svid = checkPeerSvid(cert.raw, { trustDomains: this.#o.trustDomains, purpose: "client", now });
     if (!svid.ok) return refuse(svid.reason, svid.detail);
     const revocation = this.#o.revocation();
+    if (revocation && "refuse" in revocation) return refuse(revocation.refuse, revocation.detail, svid.id);
     if (revocation && revocation.isRevoked(svid.serial, svid.issuer)) return refuse("revoked", `certificate ${svid.serial} is revoked`, svid.id);
     if (!this.#o.admits(svid.id)) return refuse("not_admitted", "no allow rule admits this identity", svid.id);
     return { id: svid.id, serial: svid.serial, issuer: svid.issuer, notBefore: svid.notBefore, notAfter: svid.notAfter };
