@@ -49,7 +49,7 @@ export class RevocationFeed {
   readonly #onRevoked = () => this.check();
 
   constructor(opts: RevocationFeedOptions) {
-    this.#o = { pollMs: 150, heartbeatMs: 15_000, ...opts, logger: opts.logger ?? silentLogger() };
+    this.#o = { ...opts, pollMs: opts.pollMs ?? 150, heartbeatMs: opts.heartbeatMs ?? 15_000, logger: opts.logger ?? silentLogger() };
     this.#cursor = this.#o.authority.revocationsAfter(-1).cursor;
     this.#poll = setInterval(() => this.check(), this.#o.pollMs);
     this.#poll.unref();
@@ -92,11 +92,14 @@ export class RevocationFeed {
     this.#subs.add(sub);
     ws.on("pong", () => (sub.alive = true));
     ws.on("message", () => {}); // subscribers have nothing to say; frames are ignored
-    ws.on("error", () => ws.terminate());
-    ws.on("close", () => {
+    ws.on("error", (e) => {
+      this.#o.logger.debug({ event: "watch_socket_error", identity: rec.identity, reason: e.message }, "feed socket error");
+      ws.terminate();
+    });
+    ws.on("close", (code, reason) => {
       clearTimeout(expiry);
       this.#subs.delete(sub);
-      this.#o.logger.info({ event: "watch_unsubscribed", identity: rec.identity, serial: rec.serial }, "agent left the revocation feed");
+      this.#o.logger.info({ event: "watch_unsubscribed", identity: rec.identity, serial: rec.serial, code, reason: reason.toString() }, "agent left the revocation feed");
     });
     this.#o.logger.info({ event: "watch_subscribed", identity: rec.identity, serial: rec.serial, subscribers: this.#subs.size }, "agent subscribed to the revocation feed");
     try {
