@@ -1,6 +1,6 @@
 import { createServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { TLSSocket } from "node:tls";
+import { createSecureContext, type TLSSocket } from "node:tls";
 import { watch, type FSWatcher } from "node:fs";
 import { basename, dirname } from "node:path";
 import { MeshError } from "../lib/errors.ts";
@@ -300,9 +300,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   };
   const doReload = async (trigger: string): Promise<void> => {
     let next: State;
+    let nextTls: ReturnType<typeof serverTlsOptions>;
     try {
       const cfg = config.file ? loadAgentConfig(config.file) : state.cfg;
       next = buildState(cfg);
+      nextTls = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
+      // Everything the swap needs is built (and can fail) before anything is swapped.
+      createSecureContext(nextTls);
     } catch (e) {
       log.error({ event: "reload_failed", trigger, reason: (e as Error).message }, "reload failed; keeping the current configuration, certificates and trust bundle");
       throw e;
@@ -313,7 +317,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }
     const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;
-    tlsOptions = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
+    tlsOptions = nextTls;
     server.setSecureContext(tlsOptions);
     tlsGate.update({ trustDomains: next.trustDomains });
     gate.update({ policy: next.policy, tools: next.cfg.tools, limits: next.cfg.limits });

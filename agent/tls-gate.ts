@@ -1,4 +1,4 @@
-import { constants as cryptoConstants } from "node:crypto";
+import { constants as cryptoConstants, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { TLSSocket, SecureContextOptions } from "node:tls";
 import { InvalidArgumentError } from "../lib/errors.ts";
@@ -49,6 +49,8 @@ const TLS13_CIPHERS = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA2
 /** The trust bundle: the identity's roots plus any extra bundle files (other trust domains' roots). */
 export function loadTrustBundle(identity: Identity, extraFiles: readonly string[]): string[] {
   const roots = splitPemCertificates(identity.rootsPem);
+  if (roots.length === 0) throw new InvalidArgumentError("identity", "the identity's ca.pem holds no PEM certificate");
+  roots.forEach((pem, i) => checkCertificate(pem, "identity", `certificate ${i + 1} of the identity's ca.pem`));
   for (const f of extraFiles) {
     let pem: string;
     try {
@@ -58,9 +60,18 @@ export function loadTrustBundle(identity: Identity, extraFiles: readonly string[
     }
     const certs = splitPemCertificates(pem);
     if (certs.length === 0) throw new InvalidArgumentError("trustBundles", `${f} holds no PEM certificate`);
+    certs.forEach((pem, i) => checkCertificate(pem, "trustBundles", `certificate ${i + 1} of ${f}`));
     roots.push(...certs);
   }
   return roots;
+}
+
+function checkCertificate(pem: string, field: string, what: string): void {
+  try {
+    new X509Certificate(pem);
+  } catch (e) {
+    throw new InvalidArgumentError(field, `${what} is not a valid certificate: ${(e as Error).message}`);
+  }
 }
 
 /**
