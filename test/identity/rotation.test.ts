@@ -67,8 +67,10 @@ test("an identity whose certificate has expired stops the scheduler with a clear
   const s = new RenewalScheduler({ dir, logger });
   after(() => s.stop());
   const expired = once(s, "expired");
+  // The scheduler's timers are unref'd (it is embedded in daemons); keep this test's event loop alive meanwhile.
+  const keepAlive = setInterval(() => {}, 1000);
   s.start();
-  await expired;
+  await expired.finally(() => clearInterval(keepAlive));
   const line = lines.find((l) => l.event === "certificate_expired");
   assert.ok(line, "an expiry line is logged");
   assert.match(line.msg, /enroll again with a new token/);
@@ -90,8 +92,9 @@ test("less than a third of the lifetime left and renewal failing raises an alert
   const s = new RenewalScheduler({ dir, logger, minBackoffMs: 60_000 });
   after(() => s.stop());
   const expiring = once(s, "expiring");
+  const keepAlive = setInterval(() => {}, 1000);
   await s.renewNow();
-  const [info] = await expiring;
+  const [info] = await expiring.finally(() => clearInterval(keepAlive));
   assert.ok(info.remainingMs > 0 && info.remainingMs < 20 * 60_000);
   const alert = lines.find((l) => l.alert === "cert_expiring");
   assert.ok(alert, "an alert-level line names the problem");
