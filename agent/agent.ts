@@ -1,6 +1,8 @@
 import { createServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
-import type { TLSSocket } from "node:tls";
+import { createSecureContext, type TLSSocket } from "node:tls";
+import { watch, type FSWatcher } from "node:fs";
+import { basename, dirname } from "node:path";
 import { MeshError } from "../lib/errors.ts";
 import { silentLogger, type Logger } from "../lib/log.ts";
 import { isLoopbackHost } from "../lib/net.ts";
@@ -20,6 +22,7 @@ import { HttpUpstream } from "./upstream/http.ts";
 import { StreamableHttpEdge, sendJson } from "./edge/streamable-http.ts";
 import { TlsGate, loadTrustBundle, serverTlsOptions, type PeerIdentity } from "./tls-gate.ts";
 import { RevocationList } from "./revocation.ts";
+import { RevocationFeedClient, type PushedRevocation } from "./feed.ts";
 import { errorResponse, SERVER_ERROR } from "./jsonrpc.ts";
 import { Limiter } from "./limits.ts";
 import { AgentMetrics, certLifetimes, startAdminServer } from "./metrics.ts";
@@ -43,8 +46,8 @@ export interface RunningAgent {
   adminUrl?: string;
   metrics?: AgentMetrics;
   /** Re-reads config, identity and trust bundle; keeps the old state if anything is broken. */
-  reload(): Promise<void>;
-  /** Fetches the CA's CRL now (it is also polled every 30 s). */
+  reload(trigger?: string): Promise<void>;
+  /** Fetches the CA's CRL now (it is also polled every `revocation.pollInterval` and before its nextUpdate). */
   refreshRevocation(): Promise<void>;
   /** Closes every connection of an identity (revocation). */
   disconnect(identity: string): number;
@@ -58,7 +61,10 @@ export class AgentStartError extends MeshError {
 }
 
 const MCP_PATH = "/mcp";
-const CRL_POLL_MS = 30_000;
+/** While no current CRL is held, retry this often (at most). */
+const CRL_RETRY_MS = 5_000;
+/** CRLs whose thisUpdate is up to this far ahead of our clock still load (a CA clock ahead by minutes). */
+const CRL_MAX_SKEW_MS = 5 * 60_000;
 
 function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
   if (cfg.trustDomains && cfg.trustDomains.length > 0) return cfg.trustDomains;
@@ -140,34 +146,119 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const edge = new StreamableHttpEdge({ gate, sessions, upstream, maxBodyBytes: config.limits.maxBodyBytes, logger: log, audit });
 
   // Revocation: with a CA configured the gate fails closed until a valid CRL is held, and again once it is stale.
+
+  // Revocation: the live feed (pushes within a second of a revocation) plus the signed CRL, polled before its
+  // nextUpdate. With a CA configured and no current CRL, `revocation.onStale` decides: fail closed (default) or serve
+  // on the last list with an alert.
   let revocation: RevocationList | null = null;
+  let staleSince: number | null = null;
   const crlIssuers = () => [...state.bundle, ...splitPemCertificates(state.identity.certPem).slice(1)];
+
+  /** Closes connections whose certificate the list revokes, and the sessions of identities left with none valid. */
+  const closeRevoked = (list: RevocationList, source: string): number => {
+    let closed = 0;
+    for (const [id, set] of [...byIdentity]) {
+      let hit = false;
+      let valid = false;
+      for (const socket of [...set]) {
+        const peer = peers.get(socket);
+        if (peer && list.isRevoked(peer.serial, peer.issuer)) {
+          log.warn({ event: "connection_revoked", identity: id, serial: peer.serial, source, remote: `${socket.remoteAddress}:${socket.remotePort}` }, "certificate revoked; connection closed");
+          socket.destroy();
+          hit = true;
+          closed++;
+        } else valid = true;
+      }
+      // A session is bound to the identity, not to one certificate: it survives only if the identity still holds a
+      // valid connection (a renewed certificate while an older one is revoked as superseded).
+      if (hit && !valid) {
+        const n = sessions.closeIdentity(id);
+        if (n > 0) log.warn({ event: "sessions_revoked", identity: id, sessions: n, source }, "sessions of a revoked identity closed");
+      }
+    }
+    return closed;
+  };
+
+  const loadCrl = (pem: string, source: "poll" | "feed"): void => {
+    // A CRL made seconds ago by a CA whose clock is ahead of ours must still load (see docs: clock skew).
+    const opts = { maxClockSkewMs: CRL_MAX_SKEW_MS };
+    const next = revocation ? revocation.withCrl(pem, crlIssuers(), opts) : RevocationList.fromCrl(pem, crlIssuers(), opts);
+    revocation = next;
+    if (staleSince !== null) log.info({ event: "crl_current", staleForMs: Date.now() - staleSince }, "a current CRL is held again");
+    staleSince = null;
+    log.debug({ event: "crl_loaded", entries: next.size, source, nextUpdate: new Date(next.nextUpdate() ?? 0).toISOString() }, "CRL loaded");
+    closeRevoked(next, source);
+  };
+
+  /** Notes (once per episode, with an alert) that no current CRL is held. */
+  const checkStale = (): void => {
+    if (!config.ca) return;
+    const missing = !revocation || revocation.crls().length === 0;
+    if (!missing && !revocation!.isStale()) return;
+    if (staleSince !== null) return;
+    staleSince = Date.now();
+    const failClosed = state.cfg.revocation.onStale === "fail-closed";
+    const what = missing ? "no CRL could be fetched from the CA" : `the CRL passed its nextUpdate (${new Date(revocation!.nextUpdate()!).toISOString()}) and the CA is unreachable`;
+    log.alert({ event: "revocation_stale", alert: "revocation_stale", missing, onStale: state.cfg.revocation.onStale },
+      failClosed ? `${what}; refusing every new connection until a current CRL is held (revocation.onStale: fail-closed)` : `${what}; still admitting clients on the last revocation list (revocation.onStale: serve-with-alert)`);
+  };
+
+  let crlTimer: NodeJS.Timeout | null = null;
+  let closing = false;
   const refreshCrl = async (): Promise<void> => {
     if (!config.ca) return;
     try {
       const res = await caRequest({ baseUrl: config.ca, method: "GET", path: "/v1/crl", ca: state.identity.rootsPem, cert: state.identity.certPem, key: state.identity.keyPem });
-      if (res.status !== 200) throw new Error(`HTTP ${res.status}`);
-      const next = revocation ? revocation.withCrl(res.body.toString("utf8"), crlIssuers()) : RevocationList.fromCrl(res.body.toString("utf8"), crlIssuers());
-      revocation = next;
-      log.debug({ event: "crl_loaded", entries: next.size }, "CRL loaded");
-      // A revocation reaches connections that are already open, not only the next handshake.
-      for (const [id, set] of byIdentity) {
-        for (const socket of set) {
-          const peer = peers.get(socket);
-          if (peer && next.isRevoked(peer.serial, peer.issuer)) {
-            log.warn({ event: "connection_revoked", identity: id, serial: peer.serial }, "certificate revoked; connection and sessions closed");
-            socket.destroy();
-            sessions.closeIdentity(id);
-          }
-        }
-      }
+      if (res.status !== 200) throw new Error(`the CA answered HTTP ${res.status}`);
+      loadCrl(res.body.toString("utf8"), "poll");
     } catch (e) {
       log.warn({ event: "crl_refresh_failed", reason: (e as Error).message }, "could not refresh the CRL; keeping the last one until its nextUpdate");
+      checkStale();
     }
   };
+  /** The next poll: every pollInterval, and before the held CRL's nextUpdate; sooner while failing. */
+  const schedulePoll = (): void => {
+    if (!config.ca || closing) return;
+    const now = Date.now();
+    let delay = state.cfg.revocation.pollIntervalMs;
+    const nextUpdate = revocation?.nextUpdate();
+    if (nextUpdate !== undefined) delay = Math.min(delay, Math.max(1000, (nextUpdate - now) - Math.min(60_000, (nextUpdate - now) / 10)));
+    if (!revocation || revocation.crls().length === 0 || staleSince !== null) delay = Math.min(delay, CRL_RETRY_MS);
+    crlTimer = setTimeout(() => void refreshCrl().finally(schedulePoll), delay);
+    crlTimer.unref();
+  };
   await refreshCrl();
-  const crlTimer = config.ca ? setInterval(() => void refreshCrl(), CRL_POLL_MS) : null;
-  crlTimer?.unref();
+  schedulePoll();
+
+  let feed: RevocationFeedClient | null = null;
+  if (config.ca && config.revocation.feed) {
+    feed = new RevocationFeedClient({
+      caUrl: config.ca,
+      logger: log,
+      credentials: () => ({ ca: state.identity.rootsPem, cert: state.identity.certPem, key: state.identity.keyPem }),
+    });
+    feed.on("crl", (pem: string) => {
+      try {
+        loadCrl(pem, "feed");
+      } catch (e) {
+        log.warn({ event: "crl_refresh_failed", source: "feed", reason: (e as Error).message }, "the CRL sent on the feed was refused; keeping the last one");
+      }
+    });
+    feed.on("revoked", (r: PushedRevocation) => {
+      const list = revocation ?? new RevocationList();
+      try {
+        for (const s of r.serials) list.addSerial(s);
+      } catch (e) {
+        log.warn({ event: "feed_bad_message", reason: (e as Error).message }, "ignored a malformed revocation from the feed");
+        return;
+      }
+      revocation = list;
+      const closed = closeRevoked(list, "feed");
+      log.warn({ event: "revocation_received", identity: r.identity, serials: r.serials, reason: r.reason, revokedAt: r.at, connectionsClosed: closed }, "revocation pushed by the CA applied");
+    });
+    feed.start();
+  }
+
   const tlsGate = new TlsGate({
     trustDomains: state.trustDomains,
     admits: (id) => state.policy.admits(id),
@@ -178,9 +269,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     },
     revocation: () => {
       if (!config.ca) return null;
-      // No CRL, or a stale one: every serial counts as revoked (fail closed).
-      if (!revocation || revocation.isStale()) return FAIL_CLOSED;
-      return revocation;
+      const missing = !revocation || revocation.crls().length === 0;
+      if (!missing && !revocation!.isStale()) return revocation;
+      checkStale();
+      if (state.cfg.revocation.onStale === "serve-with-alert") return revocation;
+      return missing
+        ? { refuse: "revocation_unavailable", detail: "no CRL has been fetched from the CA yet (fail closed)" }
+        : { refuse: "revocation_stale", detail: `the CRL passed its nextUpdate ${new Date(revocation!.nextUpdate()!).toISOString()} (fail closed)` };
     },
   });
 
@@ -207,18 +302,23 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       return;
     }
     peers.set(socket, peer);
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
     let set = byIdentity.get(peer.id);
     if (!set) byIdentity.set(peer.id, (set = new Set()));
     set.add(socket);
     connections++;
     // No connection outlives its certificate: close it at notAfter.
     const expiry = setTimeout(() => {
-      log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial }, "client certificate reached notAfter; connection closed");
+      log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(peer.notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
       socket.destroy();
+      // Sessions of an identity left without any live connection end with it (its streams are gone already).
+      if (!byIdentity.get(peer.id)?.size) sessions.closeIdentity(peer.id);
     }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
     expiry.unref();
     socket.on("close", () => {
       connections--;
+      log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
       clearTimeout(expiry);
       set!.delete(socket);
       if (set!.size === 0) byIdentity.delete(peer.id);
@@ -236,28 +336,81 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   let renewal: RenewalScheduler | null = null;
   if (config.ca) {
     renewal = new RenewalScheduler({ dir: config.identity, logger: log });
-    renewal.on("renewed", () => void reload().catch(() => {}));
+    renewal.on("renewed", () => void reload("renewal").catch(() => {}));
     renewal.start();
   }
 
-  const reload = async (): Promise<void> => {
+  let reloading: Promise<void> = Promise.resolve();
+  const reload = (trigger = "sighup"): Promise<void> => {
+    const run = reloading.then(() => doReload(trigger));
+    reloading = run.catch(() => {});
+    return run;
+  };
+  const doReload = async (trigger: string): Promise<void> => {
     let next: State;
+    let nextTls: ReturnType<typeof serverTlsOptions>;
     try {
       const cfg = config.file ? loadAgentConfig(config.file) : state.cfg;
       next = buildState(cfg);
+      nextTls = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
+      // Everything the swap needs is built (and can fail) before anything is swapped.
+      createSecureContext(nextTls);
     } catch (e) {
-      log.error({ event: "reload_failed", reason: (e as Error).message }, "reload failed; keeping the current configuration and certificates");
+      log.error({ event: "reload_failed", trigger, reason: (e as Error).message }, "reload failed; keeping the current configuration, certificates and trust bundle");
       throw e;
     }
+    const fixed = (c: AgentConfig) => JSON.stringify([c.listen, c.upstream, c.ca ?? null, c.audit, c.pinning, c.revocation.feed, c.reload.watch]);
+    if (fixed(next.cfg) !== fixed(state.cfg)) {
+      log.warn({ event: "reload_partial", trigger }, "listen, upstream, ca, audit, pinning, revocation.feed and reload.watch changes take effect on restart only");
+    }
+    const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;
-    tlsOptions = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
+    tlsOptions = nextTls;
     server.setSecureContext(tlsOptions);
     tlsGate.update({ trustDomains: next.trustDomains });
     gate.update({ policy: next.policy, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg) });
     limiter.update(next.cfg.limits);
     alerts.update(next.cfg.alerts);
-    log.info({ event: "reloaded", identity: next.identity.id, serial: next.identity.serial }, "configuration and certificates reloaded");
+    // The feed authenticates with the agent's certificate: use the new one from now on.
+    if (identityChanged) feed?.reconnect();
+    log.info({ event: "reloaded", trigger, identity: next.identity.id, serial: next.identity.serial, bundle: next.bundle.length }, "configuration and certificates reloaded");
   };
+
+  // Reload on file change: the config file, the identity directory and the extra bundle files, debounced.
+  const watchers: FSWatcher[] = [];
+  let debounce: NodeJS.Timeout | null = null;
+  const onChange = (what: string) => {
+    if (debounce) clearTimeout(debounce);
+    debounce = setTimeout(() => {
+      debounce = null;
+      void reload(`file:${what}`).catch(() => {});
+    }, state.cfg.reload.debounceMs);
+    debounce.unref();
+  };
+  if (config.reload.watch) {
+    // Directories are watched, not files: an atomic replace (rename over) would orphan a watch on the old inode.
+    const targets = new Map<string, Set<string> | null>();
+    const addFile = (file: string) => {
+      const d = dirname(file);
+      const cur = targets.get(d);
+      if (cur === null) return;
+      targets.set(d, new Set([...(cur ?? []), basename(file)]));
+    };
+    if (config.file) addFile(config.file);
+    for (const f of config.trustBundles) addFile(f);
+    targets.set(config.identity, null);
+    for (const [d, names] of targets) {
+      try {
+        const w = watch(d, { persistent: false }, (_type, name) => {
+          if (names === null || (name !== null && names.has(String(name)))) onChange(names === null ? `${d}/${name ?? ""}` : String(name));
+        });
+        w.on("error", (e) => log.warn({ event: "watch_failed", dir: d, reason: e.message }, "file watching stopped; SIGHUP still reloads"));
+        watchers.push(w);
+      } catch (e) {
+        log.warn({ event: "watch_failed", dir: d, reason: (e as Error).message }, "cannot watch for changes; SIGHUP still reloads");
+      }
+    }
+  }
 
   const disconnect = (identity: string): number => {
     const set = byIdentity.get(identity);
@@ -297,8 +450,12 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     disconnect,
     refreshRevocation: refreshCrl,
     close: async () => {
+      closing = true;
       clearInterval(sweep);
-      if (crlTimer) clearInterval(crlTimer);
+      if (crlTimer) clearTimeout(crlTimer);
+      if (debounce) clearTimeout(debounce);
+      for (const w of watchers) w.close();
+      feed?.stop();
       renewal?.stop();
       for (const s of [...sessions.all()]) sessions.delete(s.key);
       await new Promise<void>((resolve) => {
@@ -320,6 +477,3 @@ function ruleRates(cfg: AgentConfig): Map<string, RateSpec> {
   for (const r of cfg.rules) if (r.rate) m.set(r.id, r.rate);
   return m;
 }
-
-/** Stands in for the revocation list when none valid is held: everything is revoked. */
-const FAIL_CLOSED = { isRevoked: () => true } as unknown as RevocationList;

@@ -193,6 +193,28 @@ export interface AlertsConfig {
   firstUseAfter: number;
 }
 
+/** Revocation checking when `ca:` is set: the live feed plus the signed CRL, polled. */
+export interface RevocationConfig {
+  /** How often the CRL is fetched; the agent also fetches before the held CRL's nextUpdate. Config: `30s` (default). */
+  pollIntervalMs: number;
+  /**
+   * What to do once no current CRL is held (the CA unreachable past the last CRL's nextUpdate, or never reached):
+   * `fail-closed` (default) refuses every new handshake; `serve-with-alert` keeps admitting on the last list and logs
+   * an `alert` line.
+   */
+  onStale: "fail-closed" | "serve-with-alert";
+  /** Subscribe to the CA's live revocation feed (wss /v1/watch). Default true. */
+  feed: boolean;
+}
+
+/** Live reload. SIGHUP always reloads. */
+export interface ReloadConfig {
+  /** Also reload when the config file, the identity directory or a trust bundle file changes. Default true. */
+  watch: boolean;
+  /** Changes closer together than this are one reload. Config: `250ms` (default). */
+  debounceMs: number;
+}
+
 export interface TlsConfig {
   /** Default TLSv1.3; TLSv1.2 is an explicit opt-in for old clients. */
   minVersion: "TLSv1.2" | "TLSv1.3";
@@ -210,6 +232,8 @@ export interface AgentConfig {
   /** Accepted client trust domains. Absent = the agent's own, filled in by the agent before compiling the policy. */
   trustDomains?: string[];
   tls: TlsConfig;
+  revocation: RevocationConfig;
+  reload: ReloadConfig;
   upstream: UpstreamConfig;
   /** Per exact tool name. A null-prototype record, so names like `constructor` are safe to look up. Default {}. */
   tools: Record<string, ToolDeclaration>;
@@ -283,6 +307,8 @@ export function parseRate(text: string): RateSpec | string {
 }
 export const DEFAULT_UPSTREAM_TIMEOUT_MS = 60_000;
 export const DEFAULT_PIN_FILE = "pins.json";
+export const DEFAULT_REVOCATION: Readonly<RevocationConfig> = Object.freeze({ pollIntervalMs: 30_000, onStale: "fail-closed", feed: true });
+export const DEFAULT_RELOAD: Readonly<ReloadConfig> = Object.freeze({ watch: true, debounceMs: 250 });
 
 const stringList = (minItems = 1) => ({
   type: "array",
@@ -308,6 +334,23 @@ const CONFIG_SCHEMA = {
       type: "object",
       additionalProperties: false,
       properties: { minVersion: { type: "string", enum: ["TLSv1.3", "TLSv1.2"] } },
+    },
+    revocation: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        pollInterval: { type: "string", minLength: 1 },
+        onStale: { type: "string", enum: ["fail-closed", "serve-with-alert"] },
+        feed: { type: "boolean" },
+      },
+    },
+    reload: {
+      type: "object",
+      additionalProperties: false,
+      properties: {
+        watch: { type: "boolean" },
+        debounce: { type: "string", minLength: 1 },
+      },
     },
     upstream: {
       type: "object",
@@ -767,6 +810,29 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
   const tlsRaw = isObj(raw.tls) ? raw.tls : {};
   const tls: TlsConfig = { minVersion: tlsRaw.minVersion === "TLSv1.2" ? "TLSv1.2" : "TLSv1.3" };
 
+  // revocation, reload
+  const revocation: RevocationConfig = { ...DEFAULT_REVOCATION };
+  if (isObj(raw.revocation)) {
+    if (raw.ca === undefined) add("revocation", "applies only with ca: (the CA publishes the CRL and the live feed)");
+    const poll = duration(raw.revocation.pollInterval, "revocation.pollInterval", add);
+    if (poll !== undefined) {
+      if (poll < 1000) add("revocation.pollInterval", "must be at least 1s");
+      else if (poll > 3_600_000) add("revocation.pollInterval", "must be at most 1h (CRLs are valid for 1h; a longer interval would let them go stale)");
+      else revocation.pollIntervalMs = poll;
+    }
+    if (raw.revocation.onStale === "serve-with-alert") revocation.onStale = "serve-with-alert";
+    if (raw.revocation.feed === false) revocation.feed = false;
+  }
+  const reload: ReloadConfig = { ...DEFAULT_RELOAD };
+  if (isObj(raw.reload)) {
+    if (raw.reload.watch === false) reload.watch = false;
+    const d = duration(raw.reload.debounce, "reload.debounce", add);
+    if (d !== undefined) {
+      if (d > 60_000) add("reload.debounce", "must be at most 1m");
+      else reload.debounceMs = d;
+    }
+  }
+
   // upstream
   const up = isObj(raw.upstream) ? raw.upstream : {};
   const unsafe = up.unsafeUpstream === true;
@@ -907,6 +973,8 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
     identity: isStr(raw.identity) ? resolvePath(baseDir, raw.identity) : "",
     trustBundles: strings(raw.trustBundles).map((p) => resolvePath(baseDir, p)),
     tls,
+    revocation,
+    reload,
     upstream,
     tools,
     trustAnnotations: raw.trustAnnotations === true,

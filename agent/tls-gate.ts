@@ -1,4 +1,4 @@
-import { constants as cryptoConstants } from "node:crypto";
+import { constants as cryptoConstants, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { TLSSocket, SecureContextOptions } from "node:tls";
 import { InvalidArgumentError } from "../lib/errors.ts";
@@ -7,6 +7,12 @@ import type { Logger } from "../lib/log.ts";
 import type { Identity } from "../identity/store.ts";
 import { checkPeerSvid, describeTlsAuthError } from "./svid.ts";
 import type { RevocationList } from "./revocation.ts";
+
+/** Revocation status cannot be known: every certificate is refused, with this reason in the log. */
+export interface RevocationUnavailable {
+  refuse: "revocation_unavailable" | "revocation_stale";
+  detail: string;
+}
 
 /** What the gate learned about an accepted peer; attached to the connection and every session opened on it. */
 export interface PeerIdentity {
@@ -19,8 +25,11 @@ export interface PeerIdentity {
 
 export interface TlsGateOptions {
   trustDomains: readonly string[];
-  /** The current revocation list, or null when none is configured. */
-  revocation: () => RevocationList | null;
+  /**
+   * The current revocation list, null when none is configured, or a refusal when revocation status is unknown and the
+   * agent fails closed (no CRL yet, or the last one is past its nextUpdate).
+   */
+  revocation: () => RevocationList | null | RevocationUnavailable;
   /** Connection-level authorization: could any allow rule ever apply to this identity? */
   admits: (id: string) => boolean;
   logger: Logger;
@@ -42,6 +51,8 @@ const TLS13_CIPHERS = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA2
 /** The trust bundle: the identity's roots plus any extra bundle files (other trust domains' roots). */
 export function loadTrustBundle(identity: Identity, extraFiles: readonly string[]): string[] {
   const roots = splitPemCertificates(identity.rootsPem);
+  if (roots.length === 0) throw new InvalidArgumentError("identity", "the identity's ca.pem holds no PEM certificate");
+  roots.forEach((pem, i) => checkCertificate(pem, "identity", `certificate ${i + 1} of the identity's ca.pem`));
   for (const f of extraFiles) {
     let pem: string;
     try {
@@ -51,9 +62,18 @@ export function loadTrustBundle(identity: Identity, extraFiles: readonly string[
     }
     const certs = splitPemCertificates(pem);
     if (certs.length === 0) throw new InvalidArgumentError("trustBundles", `${f} holds no PEM certificate`);
+    certs.forEach((pem, i) => checkCertificate(pem, "trustBundles", `certificate ${i + 1} of ${f}`));
     roots.push(...certs);
   }
   return roots;
+}
+
+function checkCertificate(pem: string, field: string, what: string): void {
+  try {
+    new X509Certificate(pem);
+  } catch (e) {
+    throw new InvalidArgumentError(field, `${what} is not a valid certificate: ${(e as Error).message}`);
+  }
 }
 
 /**
@@ -107,6 +127,7 @@ export class TlsGate {
     const svid = checkPeerSvid(cert.raw, { trustDomains: this.#o.trustDomains, purpose: "client", now });
     if (!svid.ok) return refuse(svid.reason, svid.detail);
     const revocation = this.#o.revocation();
+    if (revocation && "refuse" in revocation) return refuse(revocation.refuse, revocation.detail, svid.id);
     if (revocation && revocation.isRevoked(svid.serial, svid.issuer)) return refuse("revoked", `certificate ${svid.serial} is revoked`, svid.id);
     if (!this.#o.admits(svid.id)) return refuse("not_admitted", "no allow rule admits this identity", svid.id);
     return { id: svid.id, serial: svid.serial, issuer: svid.issuer, notBefore: svid.notBefore, notAfter: svid.notAfter };

@@ -416,6 +416,11 @@ export class Authority extends EventEmitter {
     return this.#store.events();
   }
 
+  /** Revocations recorded after `cursor` by any process (see CaStore.revocationsAfter); the live feed polls this. */
+  revocationsAfter(cursor: number) {
+    return this.#store.revocationsAfter(cursor);
+  }
+
   #record(cert: x509.X509Certificate, kind: CertKind, identity: string, ttlMs: number, dns: string[], ips: string[], now: number, via: CertRecord["via"], parent: string | null): CertRecord {
     return {
       serial: normalizeSerial(cert.serialNumber), identity, kind, notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime(),

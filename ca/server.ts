@@ -9,6 +9,7 @@ import { parseHostPort } from "../lib/net.ts";
 import type { Authority, IssuedCertificate } from "./authority.ts";
 import type { CertRecord } from "./store.ts";
 import { toWebCryptoPublicKey } from "./keys.ts";
+import { RevocationFeed, WATCH_PATH } from "./watch.ts";
 
 /**
  * The CA's HTTPS API. Each handler runs decode → validate → authorize → sign → render; the core (Authority) does
@@ -36,6 +37,7 @@ const STATUS: Record<string, number> = {
   MCPMESH_METHOD_NOT_ALLOWED: 405,
   MCPMESH_UNSUPPORTED_MEDIA: 415,
   MCPMESH_TOO_LARGE: 413,
+  MCPMESH_UPGRADE_REQUIRED: 426,
 };
 
 class BadRequestError extends MeshError {
@@ -51,12 +53,17 @@ export interface CaServerOptions {
   authority: Authority;
   listen?: string;
   logger?: Logger;
+  /** How often the live revocation feed looks for revocations written by other processes. Default 150 ms. */
+  watchPollMs?: number;
+  /** Ping interval of the feed's WebSocket. Default 15 s. */
+  watchHeartbeatMs?: number;
 }
 
 export interface RunningCaServer {
   server: Server;
   url: string;
   port: number;
+  feed: RevocationFeed;
   close(): Promise<void>;
 }
 
@@ -116,6 +123,10 @@ export function createCaHandler(authority: ApiAuthority, log: Logger) {
         res.writeHead(200, { "content-type": "application/pkix-crl", "content-length": der.length, "cache-control": "no-store" });
         res.end(der);
       } else send(res, 200, pem, "application/x-pem-file");
+    },
+    // The live revocation feed is a WebSocket (see watch.ts); a plain GET is told so.
+    [`GET ${WATCH_PATH}`]: async () => {
+      throw new BadRequestError("MCPMESH_UPGRADE_REQUIRED", `${WATCH_PATH} is a WebSocket: send Upgrade: websocket with an agent certificate`);
     },
     "GET /healthz": async (_req, res) => send(res, 200, { ok: true, trustDomain: authority.trustDomain }),
     "POST /v1/enroll": async (req, res) => {
@@ -187,6 +198,16 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
   server.on("tlsClientError", (err, sock) => {
     log.warn({ event: "tls_error", remote: sock.remoteAddress, reason: err.message }, "TLS handshake failed");
   });
+  const feed = new RevocationFeed({ authority, logger: log, pollMs: opts.watchPollMs, heartbeatMs: opts.watchHeartbeatMs });
+  server.on("upgrade", (req: IncomingMessage, socket, head: Buffer) => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path !== WATCH_PATH || req.method !== "GET") {
+      const body = JSON.stringify({ error: { code: "MCPMESH_NOT_FOUND", message: `no WebSocket endpoint ${path} (the feed is ${WATCH_PATH})` } });
+      socket.end(`HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      return;
+    }
+    feed.handleUpgrade(req, socket, head);
+  });
   const refresh = setInterval(() => {
     serverCredentials(authority).then(
       (c) => server.setSecureContext({ ...tlsOptions, key: c.key.export({ type: "pkcs8", format: "pem" }) as string, cert: c.cert }),
@@ -197,6 +218,7 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
   await new Promise<void>((resolve, reject) => {
     server.once("error", (e: NodeJS.ErrnoException) => {
       clearInterval(refresh);
+      feed.close();
       // A busy or forbidden address is the operator's to fix: say so plainly rather than as an internal error.
       const why = e.code === "EADDRINUSE" ? "the address is already in use (EADDRINUSE)" : e.code === "EACCES" ? "permission denied (EACCES)" : e.code === "EADDRNOTAVAIL" ? "no such local address (EADDRNOTAVAIL)" : e.message;
       reject(new InvalidArgumentError("listen", `cannot listen on ${host}:${port}: ${why}`, { cause: e }));
@@ -213,9 +235,11 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
     server,
     url: `https://${urlHost}:${actualPort}`,
     port: actualPort,
+    feed,
     close: () =>
       new Promise<void>((resolve) => {
         clearInterval(refresh);
+        feed.close();
         server.close(() => resolve());
         server.closeAllConnections();
       }),

@@ -33,6 +33,15 @@ export interface CertRecord {
   reason: string | null;
 }
 
+export interface RevocationEvent {
+  id: number;
+  serial: string;
+  identity: string;
+  kind: CertKind;
+  at: number;
+  reason: string | null;
+}
+
 export interface CaEvent {
   id: number;
   at: number;
@@ -158,6 +167,18 @@ export class CaStore {
   /** Revoked certificates that have not expired yet (expired ones need no CRL entry). */
   revokedUnexpired(now: number): CertRecord[] {
     return (this.#db.prepare(`SELECT * FROM certs WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at`).all(now) as Row[]).map(certFromRow);
+  }
+
+  /**
+   * Revocations recorded after event `afterId` (any process: `mcpmesh ca revoke` writes the same database), oldest
+   * first, with the certificate's identity. `afterId` -1 asks only for the current high-water mark (no rows).
+   */
+  revocationsAfter(afterId: number): { cursor: number; rows: RevocationEvent[] } {
+    const max = (this.#db.prepare(`SELECT COALESCE(MAX(id), 0) AS m FROM events WHERE type = 'cert.revoked'`).get() as Row).m as number;
+    if (afterId < 0 || max <= afterId) return { cursor: Math.max(max, afterId), rows: [] };
+    const rows = (this.#db.prepare(`SELECT e.id, e.serial, e.at, c.identity, c.kind, c.reason FROM events e JOIN certs c ON c.serial = e.serial
+      WHERE e.type = 'cert.revoked' AND e.id > ? ORDER BY e.id`).all(afterId) as Row[]).map((r) => ({ id: r.id, serial: r.serial, at: r.at, identity: r.identity, kind: r.kind, reason: r.reason }));
+    return { cursor: max, rows };
   }
 
   addEvent(type: string, fields: { identity?: string | null; serial?: string | null; detail?: Record<string, unknown> }, now = Date.now()): void {

@@ -454,3 +454,19 @@ test("limits, admin, alerts and audit rotation parse with their units", () => {
   assert.deepEqual(parseRate("1/250ms"), { limit: 1, periodMs: 250, text: "1/250ms" });
   assert.match(String(parseRate("5/x")), /not a rate/);
 });
+
+test("revocation and reload: defaults, values, and errors named by path", () => {
+  const d = parseAgentConfig({ ...base(), ca: "https://127.0.0.1:9443" }, dir);
+  assert.deepEqual(d.revocation, { pollIntervalMs: 30_000, onStale: "fail-closed", feed: true });
+  assert.deepEqual(d.reload, { watch: true, debounceMs: 250 });
+  const c = parseAgentConfig({ ...base(), ca: "https://127.0.0.1:9443", revocation: { pollInterval: "10s", onStale: "serve-with-alert", feed: false }, reload: { watch: false, debounce: "1s" } }, dir);
+  assert.deepEqual(c.revocation, { pollIntervalMs: 10_000, onStale: "serve-with-alert", feed: false });
+  assert.deepEqual(c.reload, { watch: false, debounceMs: 1000 });
+  assert.deepEqual(errorsOf({ ...base(), revocation: { pollInterval: "10s" } }), [{ path: "revocation", message: "applies only with ca: (the CA publishes the CRL and the live feed)" }]);
+  assert.deepEqual(errorsOf({ ...base(), ca: "https://127.0.0.1:9443", revocation: { pollInterval: "500ms", onStale: "shrug", polInterval: "1s" } }), [
+    { path: "revocation.polInterval", message: 'unknown field (did you mean "pollInterval"?)' },
+    { path: "revocation.onStale", message: 'must be one of "fail-closed", "serve-with-alert"' },
+    { path: "revocation.pollInterval", message: "must be at least 1s" },
+  ]);
+  assert.deepEqual(errorsOf({ ...base(), reload: { debounce: "soon" } }), [{ path: "reload.debounce", message: '"soon" is not a duration (examples: 90s, 15m, 1h, 1h30m)' }]);
+});
