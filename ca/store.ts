@@ -69,6 +69,17 @@ CREATE TABLE IF NOT EXISTS events (
 
 type Row = Record<string, any>;
 
+/**
+ * better-sqlite3 12 on Node 24 can abort the process (`RemoveEnvironmentCleanupHook: (env) != nullptr`) when a
+ * Statement is garbage-collected while Node tears its environment down. Statements are therefore prepared once per
+ * store and kept reachable for the life of the process, so their destructors never run at an unlucky moment.
+ */
+const RETAINED: unknown[] = [];
+export function retainSqlite<T>(o: T): T {
+  RETAINED.push(o);
+  return o;
+}
+
 function certFromRow(r: Row): CertRecord {
   return {
     serial: r.serial, identity: r.identity, kind: r.kind, notBefore: r.not_before, notAfter: r.not_after,
@@ -83,20 +94,24 @@ function certFromRow(r: Row): CertRecord {
  */
 export class CaStore {
   readonly #db: Database.Database;
+  readonly #statements = new Map<string, Database.Statement>();
 
   private constructor(db: Database.Database) {
     this.#db = db;
   }
 
+  #s(sql: string): Database.Statement {
+    let st = this.#statements.get(sql);
+    if (!st) this.#statements.set(sql, (st = retainSqlite(this.#db.prepare(sql))));
+    return st;
+  }
+
   static open(path: string, opts: { create?: boolean } = {}): CaStore {
     let db: Database.Database | undefined;
     try {
-      db = new Database(path, { fileMustExist: !opts.create });
-      db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
-      db.pragma("foreign_keys = ON");
-      db.pragma("busy_timeout = 5000");
-      const check = db.pragma("quick_check", { simple: true });
+      db = retainSqlite(new Database(path, { fileMustExist: !opts.create }));
+      db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
+      const check = retainSqlite(db.prepare("PRAGMA quick_check")).pluck().get();
       if (check !== "ok") throw new Error(`quick_check: ${String(check)}`);
       db.exec(SCHEMA);
       // The database holds token hashes and the issuance record: owner-only, like the keys.
@@ -119,12 +134,12 @@ export class CaStore {
   }
 
   insertToken(t: TokenRecord): void {
-    this.#db.prepare(`INSERT INTO tokens (hash, identity, kind, cert_ttl_ms, dns, ips, created_at, expires_at)
+    this.#s(`INSERT INTO tokens (hash, identity, kind, cert_ttl_ms, dns, ips, created_at, expires_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(t.hash, t.identity, t.kind, t.certTtlMs, JSON.stringify(t.dns), JSON.stringify(t.ips), t.createdAt, t.expiresAt);
   }
 
   getToken(hash: string): TokenRecord | null {
-    const r = this.#db.prepare(`SELECT * FROM tokens WHERE hash = ?`).get(hash) as Row | undefined;
+    const r = this.#s(`SELECT * FROM tokens WHERE hash = ?`).get(hash) as Row | undefined;
     if (!r) return null;
     return {
       hash: r.hash, identity: r.identity, kind: r.kind, certTtlMs: r.cert_ttl_ms, dns: JSON.parse(r.dns),
@@ -134,39 +149,39 @@ export class CaStore {
 
   /** Marks a token used if, and only if, it is still unused and unexpired. Returns whether this call won. */
   redeemToken(hash: string, now: number, serial: string): boolean {
-    const res = this.#db.prepare(`UPDATE tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?`)
+    const res = this.#s(`UPDATE tokens SET used_at = ?, used_serial = ? WHERE hash = ? AND used_at IS NULL AND expires_at > ?`)
       .run(now, serial, hash, now);
     return res.changes === 1;
   }
 
   insertCert(c: CertRecord): void {
-    this.#db.prepare(`INSERT INTO certs (serial, identity, kind, not_before, not_after, ttl_ms, dns, ips, pem, issued_at, via, parent_serial)
+    this.#s(`INSERT INTO certs (serial, identity, kind, not_before, not_after, ttl_ms, dns, ips, pem, issued_at, via, parent_serial)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(c.serial, c.identity, c.kind, c.notBefore, c.notAfter, c.ttlMs,
       JSON.stringify(c.dns), JSON.stringify(c.ips), c.pem, c.issuedAt, c.via, c.parentSerial);
   }
 
   getCert(serial: string): CertRecord | null {
-    const r = this.#db.prepare(`SELECT * FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
+    const r = this.#s(`SELECT * FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
     return r ? certFromRow(r) : null;
   }
 
   listCerts(): CertRecord[] {
-    return (this.#db.prepare(`SELECT * FROM certs ORDER BY issued_at, serial`).all() as Row[]).map(certFromRow);
+    return (this.#s(`SELECT * FROM certs ORDER BY issued_at, serial`).all() as Row[]).map(certFromRow);
   }
 
   /** Revokes the given serials that are not revoked yet; returns the ones this call revoked. */
   revokeSerials(serials: string[], now: number, reason: string): string[] {
-    const stmt = this.#db.prepare(`UPDATE certs SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL`);
+    const stmt = this.#s(`UPDATE certs SET revoked_at = ?, reason = ? WHERE serial = ? AND revoked_at IS NULL`);
     return serials.filter((s) => stmt.run(now, reason, s).changes === 1);
   }
 
   serialsForIdentity(identity: string): string[] {
-    return (this.#db.prepare(`SELECT serial FROM certs WHERE identity = ?`).all(identity) as Row[]).map((r) => r.serial);
+    return (this.#s(`SELECT serial FROM certs WHERE identity = ?`).all(identity) as Row[]).map((r) => r.serial);
   }
 
   /** Revoked certificates that have not expired yet (expired ones need no CRL entry). */
   revokedUnexpired(now: number): CertRecord[] {
-    return (this.#db.prepare(`SELECT * FROM certs WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at`).all(now) as Row[]).map(certFromRow);
+    return (this.#s(`SELECT * FROM certs WHERE revoked_at IS NOT NULL AND not_after > ? ORDER BY revoked_at`).all(now) as Row[]).map(certFromRow);
   }
 
   /**
@@ -174,30 +189,30 @@ export class CaStore {
    * first, with the certificate's identity. `afterId` -1 asks only for the current high-water mark (no rows).
    */
   revocationsAfter(afterId: number): { cursor: number; rows: RevocationEvent[] } {
-    const max = (this.#db.prepare(`SELECT COALESCE(MAX(id), 0) AS m FROM events WHERE type = 'cert.revoked'`).get() as Row).m as number;
+    const max = (this.#s(`SELECT COALESCE(MAX(id), 0) AS m FROM events WHERE type = 'cert.revoked'`).get() as Row).m as number;
     if (afterId < 0 || max <= afterId) return { cursor: Math.max(max, afterId), rows: [] };
-    const rows = (this.#db.prepare(`SELECT e.id, e.serial, e.at, c.identity, c.kind, c.reason FROM events e JOIN certs c ON c.serial = e.serial
+    const rows = (this.#s(`SELECT e.id, e.serial, e.at, c.identity, c.kind, c.reason FROM events e JOIN certs c ON c.serial = e.serial
       WHERE e.type = 'cert.revoked' AND e.id > ? ORDER BY e.id`).all(afterId) as Row[]).map((r) => ({ id: r.id, serial: r.serial, at: r.at, identity: r.identity, kind: r.kind, reason: r.reason }));
     return { cursor: max, rows };
   }
 
   addEvent(type: string, fields: { identity?: string | null; serial?: string | null; detail?: Record<string, unknown> }, now = Date.now()): void {
-    this.#db.prepare(`INSERT INTO events (at, type, identity, serial, detail) VALUES (?, ?, ?, ?, ?)`)
+    this.#s(`INSERT INTO events (at, type, identity, serial, detail) VALUES (?, ?, ?, ?, ?)`)
       .run(now, type, fields.identity ?? null, fields.serial ?? null, JSON.stringify(fields.detail ?? {}));
   }
 
   events(): CaEvent[] {
-    return (this.#db.prepare(`SELECT * FROM events ORDER BY id`).all() as Row[]).map((r) => ({
+    return (this.#s(`SELECT * FROM events ORDER BY id`).all() as Row[]).map((r) => ({
       id: r.id, at: r.at, type: r.type, identity: r.identity, serial: r.serial, detail: JSON.parse(r.detail),
     }));
   }
 
   getMeta(key: string): string | null {
-    const r = this.#db.prepare(`SELECT value FROM meta WHERE key = ?`).get(key) as Row | undefined;
+    const r = this.#s(`SELECT value FROM meta WHERE key = ?`).get(key) as Row | undefined;
     return r ? r.value : null;
   }
 
   setMeta(key: string, value: string): void {
-    this.#db.prepare(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`).run(key, value);
+    this.#s(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`).run(key, value);
   }
 }

@@ -57,18 +57,19 @@ after(() => cleanups.run());
 
 const id = (dir: string) => ({ cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") });
 
-async function assertRefused(p: ProbeResult, reason: string, label: string): Promise<void> {
+async function assertRefused(p: ProbeResult, reason: string | string[], label: string): Promise<void> {
   assert.equal(p.received, "", `${label}: the agent answered a refused peer: ${p.received.slice(0, 200)}`);
   assert.ok(p.localPort > 0, `${label}: the probe never connected (${p.error})`);
   const line = await agent.waitForLog((l) => l.event === "handshake_refused" && typeof l.remote === "string" && l.remote.endsWith(`:${p.localPort}`), 15_000);
-  assert.equal(line.reason, reason, `${label}: ${line.detail}`);
+  if (Array.isArray(reason)) assert.ok(reason.includes(line.reason), `${label}: ${line.reason}: ${line.detail}`);
+  else assert.equal(line.reason, reason, `${label}: ${line.detail}`);
   assert.deepEqual(up.received, [], `${label}: the upstream heard something: ${summary(up.received)}`);
 }
 
 /** Offers a certificate made by `pki` and expects the named refusal. */
-async function offer(pki: TestPki, name: string, opts: LeafOptions, reason: string): Promise<void> {
+async function offer(pki: TestPki, name: string, opts: LeafOptions, reason: string | string[], ciphers?: string): Promise<void> {
   const leaf = pki.leaf(name, opts);
-  const p = await tlsProbe(agent.url, { ca: roots, cert: leaf.chainPem, key: leaf.keyPem });
+  const p = await tlsProbe(agent.url, { ca: roots, cert: leaf.chainPem, key: leaf.keyPem, ciphers });
   await assertRefused(p, reason, name);
 }
 
@@ -121,7 +122,10 @@ test("another trust domain", async () => {
 
 test("a CA:TRUE leaf and an RSA-1024 key", async () => {
   await offer(meshPki, "ca-leaf", { ...good, ca: true, keyUsage: ["digitalSignature", "keyCertSign"] }, "ca_certificate");
-  await offer(meshPki, "rsa1024", { ...good, key: "rsa1024" }, "weak_key");
+  // The probe lowers its own OpenSSL security level so that it can present the weak key at all (Node 24 refuses to
+  // load it otherwise). The agent refuses it either by its own check (weak_key) or, where Node's OpenSSL already
+  // fails the chain for the key size (Node 24 reports that as UNSPECIFIED), as an unverified chain.
+  await offer(meshPki, "rsa1024", { ...good, key: "rsa1024" }, ["weak_key", "tls_verify_failed"], "DEFAULT:@SECLEVEL=0");
 });
 
 test("a revoked certificate (listed in the CA's CRL)", async () => {

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import Database from "better-sqlite3";
+import { retainSqlite } from "../../ca/store.ts";
 import { join } from "node:path";
 import { Cleanups, inParallel, runCli, tmpdir } from "../helpers/cli.ts";
 import { fileState, openssl, TEST_PASSPHRASE } from "../helpers/ca.ts";
@@ -130,9 +131,9 @@ describe("ca init", () => {
     const list = await runCli(["ca", "list", "--dir", dir, "--json"]);
     assert.equal(list.code, 0, list.stderr);
     assert.deepEqual(JSON.parse(list.stdout), []);
-    const db = new Database(join(dir, "ca.db"), { readonly: true, fileMustExist: true });
+    const db = retainSqlite(new Database(join(dir, "ca.db"), { readonly: true, fileMustExist: true }));
     try {
-      assert.equal((db.prepare("SELECT count(*) AS n FROM tokens").get() as { n: number }).n, 0);
+      assert.equal((retainSqlite(db.prepare("SELECT count(*) AS n FROM tokens")).get() as { n: number }).n, 0);
     } finally {
       db.close();
     }

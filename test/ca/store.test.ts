@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { retainSqlite } from "../../ca/store.ts";
 import { decodeToken, hashTokenSecret } from "../../ca/token.ts";
 import { Cleanups, inParallel } from "../helpers/cli.ts";
 import { cliList, fileState, startTestCa, type TestCa } from "../helpers/ca.ts";
@@ -23,10 +24,10 @@ describe("CA store", () => {
   test("WAL journal; tokens are stored as hashes only, never the secret", () => {
     const token = ca.token("store/alice");
     const { secret } = decodeToken(token);
-    const db = new Database(join(ca.dir, "ca.db"), { readonly: true, fileMustExist: true });
+    const db = retainSqlite(new Database(join(ca.dir, "ca.db"), { readonly: true, fileMustExist: true }));
     try {
-      assert.equal(db.pragma("journal_mode", { simple: true }), "wal");
-      const rows = db.prepare("SELECT * FROM tokens").all() as Record<string, unknown>[];
+      assert.equal(retainSqlite(db.prepare("PRAGMA journal_mode")).pluck().get(), "wal");
+      const rows = retainSqlite(db.prepare("SELECT * FROM tokens")).all() as Record<string, unknown>[];
       assert.ok(rows.some((r) => r.hash === hashTokenSecret(secret)));
       for (const r of rows) assert.ok(!Object.values(r).some((v) => typeof v === "string" && v.includes(secret)));
     } finally {
@@ -51,9 +52,9 @@ describe("CA store", () => {
       assert.equal(row.status, "valid");
       assert.ok(ca.tokenRow(i.token)?.usedAt, "its token is recorded as used");
     }
-    const db = new Database(join(ca.dir, "ca.db"), { readonly: true, fileMustExist: true });
+    const db = retainSqlite(new Database(join(ca.dir, "ca.db"), { readonly: true, fileMustExist: true }));
     try {
-      const events = db.prepare("SELECT type, serial FROM events WHERE type = 'cert.enrolled'").all() as { serial: string }[];
+      const events = retainSqlite(db.prepare("SELECT type, serial FROM events WHERE type = 'cert.enrolled'")).all() as { serial: string }[];
       for (const i of issued) assert.ok(events.some((e) => e.serial === i.serial), "audit event recorded");
     } finally {
       db.close();

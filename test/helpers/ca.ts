@@ -9,6 +9,7 @@ import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "n
 import { createServer } from "node:net";
 import { join } from "node:path";
 import Database from "better-sqlite3";
+import { retainSqlite } from "../../ca/store.ts";
 import { Authority, createToken, type CaConfig, type TokenOptions } from "../../ca/authority.ts";
 import { decodeToken, hashTokenSecret } from "../../ca/token.ts";
 import { enroll, type EnrollResult } from "../../identity/enroll.ts";
@@ -131,9 +132,9 @@ export async function startTestCa(defer: Defer, opts: TestCaOptions = {}): Promi
   mkdirSync(join(root, "ids"), { recursive: true, mode: 0o700 });
 
   const withDb = <T>(fn: (db: Database.Database) => T): T => {
-    const db = new Database(join(dir, "ca.db"), { fileMustExist: true });
+    const db = retainSqlite(new Database(join(dir, "ca.db"), { fileMustExist: true }));
     try {
-      db.pragma("busy_timeout = 5000");
+      db.exec("PRAGMA busy_timeout = 5000");
       return fn(db);
     } finally {
       db.close();
@@ -171,13 +172,13 @@ export async function startTestCa(defer: Defer, opts: TestCaOptions = {}): Promi
     },
     snapshot: () =>
       withDb((db) => ({
-        certs: (db.prepare("SELECT serial, identity, kind, revoked_at FROM certs ORDER BY serial").all() as any[]).map((r) => ({ serial: r.serial, identity: r.identity, kind: r.kind, revokedAt: r.revoked_at })),
-        tokens: (db.prepare("SELECT * FROM tokens ORDER BY hash").all() as any[]).map(tokenRow),
+        certs: (retainSqlite(db.prepare("SELECT serial, identity, kind, revoked_at FROM certs ORDER BY serial")).all() as any[]).map((r) => ({ serial: r.serial, identity: r.identity, kind: r.kind, revokedAt: r.revoked_at })),
+        tokens: (retainSqlite(db.prepare("SELECT * FROM tokens ORDER BY hash")).all() as any[]).map(tokenRow),
       })),
     tokenRow(token) {
       const hash = hashTokenSecret(decodeToken(token).secret);
       return withDb((db) => {
-        const r = db.prepare("SELECT * FROM tokens WHERE hash = ?").get(hash);
+        const r = retainSqlite(db.prepare("SELECT * FROM tokens WHERE hash = ?")).get(hash);
         return r ? tokenRow(r) : null;
       });
     },

@@ -147,6 +147,8 @@ export interface ProbeOptions {
   ca: string;
   /** A session to offer for resumption. */
   session?: Buffer;
+  /** OpenSSL cipher string; `DEFAULT:@SECLEVEL=0` lets the probe present keys its own OpenSSL calls too weak. */
+  ciphers?: string;
 }
 
 /**
@@ -167,6 +169,7 @@ export function tlsProbe(agentUrl: string, o: ProbeOptions): Promise<ProbeResult
       port: Number(u.port),
       servername: undefined,
       ca: o.ca,
+      ciphers: o.ciphers,
       cert: o.cert,
       key: o.key,
       session: o.session,
