@@ -58,6 +58,13 @@ export class SessionTable {
     return s !== undefined && s.owner !== identity;
   }
 
+  /** Sessions an identity holds (for the per-identity cap). */
+  countOwned(identity: string): number {
+    let n = 0;
+    for (const s of this.#sessions.values()) if (s.owner === identity) n++;
+    return n;
+  }
+
   /** The stateless pseudo-session of an identity, created on first use. */
   stateless(identity: string, protocolVersion: string): Session {
     const key = `~${identity}`;
