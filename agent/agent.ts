@@ -321,7 +321,12 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         server.once("error", (e) => reject(new AgentStartError(`cannot listen on ${at.host}:${at.port}: ${e.message}`, { cause: e })));
         server.listen(at.port, at.host, () => resolve());
       });
-      const port = (server.address() as { port: number }).port;
+      const bound = server.address() as { address: string; port: number };
+      // A host name can resolve to the wildcard too: judge the address actually bound.
+      if (!config.listenAnyAddress && isWildcardHost(bound.address)) {
+        throw new AgentStartError(`listen: ${at.host} resolved to the wildcard address ${bound.address}; set listenAnyAddress: true to listen on every interface`);
+      }
+      const port = bound.port;
       if (first === 0) first = port;
       const host = at.host.includes(":") ? `[${at.host}]` : at.host;
       for (const ep of group) {

@@ -578,6 +578,9 @@ export function parseListenAddress(text: string): ListenAddress | string {
     portText = text.slice(colon + 1);
     if (host.includes(":")) return "IPv6 addresses must be in brackets, e.g. [::1]:8443";
     if (host === "") return "needs a host: host:port, e.g. 127.0.0.1:8443 (the address of the interface clients reach)";
+    // inet_aton would read 0.00.0.0, 0x7f.1 or 2130706433 as addresses (0.00.0.0 is the wildcard): numbers must be
+    // canonical dotted quads.
+    if (isIP(host) === 0 && /^(0x[0-9a-f]+|[0-9.]+)$/i.test(host.split(".").pop() ?? "")) return `"${host}" is not a valid IPv4 address (write it as a dotted quad, e.g. 10.0.0.5)`;
     if (isIP(host) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host)) {
       return `"${host}" is not a valid host name or IP address`;
     }
@@ -767,7 +770,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
       if (e.listen === undefined && raw.listen === undefined) add(`${at}.listen`, "is required (there is no top-level listen to share)");
       let path = DEFAULT_ENDPOINT_PATH;
       if (isStr(e.path)) {
-        if (!/^\/[A-Za-z0-9._~\/-]*$/.test(e.path) || e.path.includes("//") || /(^|\/)\.\.?(\/|$)/.test(e.path)) {
+        if (!/^\/[A-Za-z0-9._~/-]*$/.test(e.path) || e.path.includes("//") || /(^|\/)\.\.?(\/|$)/.test(e.path)) {
           add(`${at}.path`, `"${e.path}" must be an absolute URL path like /admin/mcp (letters, digits, - . _ ~ /)`);
         } else {
           path = e.path;
