@@ -164,9 +164,23 @@ export class StreamableHttpEdge {
     if (found === null) return sendJson(res, 404, errorResponse(null, SESSION_NOT_FOUND, "Session not found"));
     const isInit = !Array.isArray(parsed) && found === "stateless" && (parsed as any)?.method === "initialize";
     if (isInit && this.#o.sessions.countOwned(caller.id) >= this.#o.limits.maxSessionsPerIdentity) {
-      const id = (parsed as { id?: unknown }).id;
-      this.#o.logger.warn({ event: "session_limit", identity: caller.id, limit: this.#o.limits.maxSessionsPerIdentity }, "too many sessions for one identity");
-      return sendJson(res, 429, errorResponse(typeof id === "string" || typeof id === "number" ? id : null, SERVER_ERROR, "Too many sessions for this identity; close one (DELETE) first"));
+      // SDK clients rarely DELETE their sessions, so at the cap the identity's least recently used session without an
+      // open stream makes room (memory stays bounded); only when every session is streaming is the new one refused.
+      const victim = this.#o.sessions.oldestIdle(caller.id);
+      if (victim) {
+        this.#o.logger.info({ event: "session_evicted", identity: caller.id, session: victim.upstreamId, limit: this.#o.limits.maxSessionsPerIdentity }, "session limit reached; least recently used session closed");
+        this.#o.sessions.delete(victim.key);
+        if (victim.upstreamId) {
+          void this.#o.upstream
+            .send("DELETE", { "x-mcpmesh-identity": caller.id, "mcp-session-id": victim.upstreamId, "mcp-protocol-version": victim.protocolVersion })
+            .then((r) => r.body.resume())
+            .catch(() => {});
+        }
+      } else {
+        const id = (parsed as { id?: unknown }).id;
+        this.#o.logger.warn({ event: "session_limit", identity: caller.id, limit: this.#o.limits.maxSessionsPerIdentity }, "too many sessions for one identity");
+        return sendJson(res, 429, errorResponse(typeof id === "string" || typeof id === "number" ? id : null, SERVER_ERROR, "Too many sessions for this identity; close one (DELETE) first"));
+      }
     }
     const protocolHeader = header(req, "mcp-protocol-version");
     const session =

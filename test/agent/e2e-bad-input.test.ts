@@ -157,7 +157,7 @@ async function send(s: RawSession, body: string | Buffer, headers: Record<string
   const res = await f(s.url, {
     method: "POST",
     headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "mcp-session-id": s.sid, "mcp-protocol-version": s.version, ...headers },
-    body,
+    body: typeof body === "string" ? body : new Uint8Array(body),
   });
   return readReply(res);
 }

@@ -110,8 +110,8 @@ test("property: a filtered tools/list never contains a tool the caller may not c
       const out = gate.filterServerMessage(session, { id, notBefore: Date.now() }, { jsonrpc: "2.0", id: 1, result: { tools } }) as { result: { tools: Tool[] } };
       for (const t of out.result.tools) {
         assert.ok(!deniedByOracle(rules, t.name), `${t.name} listed despite a deny rule`);
-        assert.ok(policy.listTool({ id, notBefore: Date.now() }, t));
-        assert.ok(policy.tool({ id, notBefore: Date.now() }, t, {}).allow || rules.some((r) => r.effect === "deny"), `${t.name} listed but not callable`);
+        assert.ok(policy.listTool({ id, notBefore: Date.now() }, { name: t.name }));
+        assert.ok(policy.tool({ id, notBefore: Date.now() }, { name: t.name }, {}).allow || rules.some((r) => r.effect === "deny"), `${t.name} listed but not callable`);
       }
     }),
     { numRuns: 400 },
