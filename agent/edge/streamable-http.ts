@@ -97,10 +97,11 @@ export class StreamableHttpEdge {
         sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
         return;
       }
-      if (res.destroyed || req.destroyed) return; // the client went away (its call was cancelled upstream too)
+      if (res.destroyed || !res.socket || res.socket.destroyed) return; // the client went away (its call was cancelled upstream too)
       const timedOut = (e as { cause?: { code?: string } }).cause?.code === "UND_ERR_HEADERS_TIMEOUT";
       this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message, timedOut }, "request failed");
-      if (!res.headersSent) sendJson(res, timedOut ? 504 : 502, errorResponse(null, SERVER_ERROR, timedOut ? "Upstream MCP server timed out" : "Upstream MCP server unavailable"));
+      const rid = (e as { rpcId?: string | number }).rpcId ?? null;
+      if (!res.headersSent) sendJson(res, timedOut ? 504 : 502, errorResponse(rid, SERVER_ERROR, timedOut ? "Upstream MCP server timed out" : "Upstream MCP server unavailable"));
       else res.destroy();
     }
   }
@@ -220,7 +221,15 @@ export class StreamableHttpEdge {
       if (!res.writableFinished) ac.abort();
     };
     res.once("close", abort);
-    const up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body, ac.signal);
+    let up: UpstreamResponse;
+    try {
+      up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body, ac.signal);
+    } catch (e) {
+      // The error reply answers the request by its id (a batch or a notification gets null).
+      const rid = Array.isArray(parsed) ? undefined : (parsed as { id?: unknown }).id;
+      if (typeof rid === "string" || typeof rid === "number") (e as { rpcId?: unknown }).rpcId = rid;
+      throw e;
+    }
     if (isInit && up.status >= 200 && up.status < 300) {
       const sid = up.headers["mcp-session-id"];
       if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);
