@@ -1,4 +1,5 @@
-import { createServer, type Server } from "node:https";
+import { createServer, type Server, type ServerOptions } from "node:https";
+import type { Socket } from "node:net";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createSecureContext, type TLSSocket } from "node:tls";
 import { watch, type FSWatcher } from "node:fs";
@@ -11,7 +12,7 @@ import { splitPemCertificates } from "../lib/x509.ts";
 import { loadIdentity, type Identity } from "../identity/store.ts";
 import { RenewalScheduler } from "../identity/rotation.ts";
 import { caRequest } from "../identity/ca-client.ts";
-import { loadAgentConfig, type AgentConfig } from "./config.ts";
+import { isWildcardHost, loadAgentConfig, type AgentConfig, type EndpointConfig } from "./config.ts";
 import { Policy } from "./policy.ts";
 import { PinStore } from "./pinning.ts";
 import { ArgumentValidator } from "./schema.ts";
@@ -39,12 +40,17 @@ export interface AgentOptions {
 }
 
 export interface RunningAgent {
+  /** The first endpoint's URL. */
   url: string;
+  /** Every endpoint's URL by endpoint id. */
+  urls: Record<string, string>;
+  /** The first listener's port. */
   port: number;
   server: Server;
   /** The admin listener's base URL (`/metrics`, `/status`), when `admin:` is configured. */
   adminUrl?: string;
   metrics?: AgentMetrics;
+  servers: Server[];
   /** Re-reads config, identity and trust bundle; keeps the old state if anything is broken. */
   reload(trigger?: string): Promise<void>;
   /** Fetches the CA's CRL now (it is also polled every `revocation.pollInterval` and before its nextUpdate). */
@@ -60,11 +66,12 @@ export class AgentStartError extends MeshError {
   }
 }
 
-const MCP_PATH = "/mcp";
 /** While no current CRL is held, retry this often (at most). */
 const CRL_RETRY_MS = 5_000;
 /** CRLs whose thisUpdate is up to this far ahead of our clock still load (a CA clock ahead by minutes). */
 const CRL_MAX_SKEW_MS = 5 * 60_000;
+/** TLS handshakes that take longer are dropped (slowloris on the handshake). */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
   if (cfg.trustDomains && cfg.trustDomains.length > 0) return cfg.trustDomains;
@@ -91,16 +98,36 @@ interface State {
   identity: Identity;
   bundle: string[];
   trustDomains: string[];
-  policy: Policy;
+  /** One compiled policy per endpoint id. */
+  policies: Map<string, Policy>;
 }
 
 function buildState(cfg: AgentConfig): State {
   const identity = loadIdentity(cfg.identity);
   const trustDomains = trustDomainsOf(cfg, identity);
   const bundle = loadTrustBundle(identity, cfg.trustBundles);
-  const policy = Policy.compile({ ...cfg, trustDomains });
-  return { cfg, identity, bundle, trustDomains, policy };
+  const withTd = { ...cfg, trustDomains };
+  const policies = new Map(cfg.endpoints.map((ep) => [ep.id, Policy.forEndpoint(withTd, ep)] as const));
+  return { cfg, identity, bundle, trustDomains, policies };
 }
+
+/** Endpoints are fixed for the life of the process: a reload may change their rules, not their doors. */
+function doorsOf(cfg: AgentConfig): string {
+  return cfg.endpoints.map((e) => `${e.id}@${e.listen.host}:${e.listen.port}${e.path}`).join(",");
+}
+
+/** One endpoint at run time: its own sessions, gatekeeper and edge; the upstream is shared. */
+interface LiveEndpoint {
+  id: string;
+  path: string;
+  sessions: SessionTable;
+  gate: Gatekeeper;
+  edge: StreamableHttpEdge;
+  url?: string;
+}
+
+/** How long `close()` waits for in-flight calls before it cuts the remaining connections. */
+const DRAIN_MS = 10_000;
 
 /**
  * Starts the agent: TLS gate → identity → session → policy → upstream. Everything is validated before the port
@@ -108,12 +135,20 @@ function buildState(cfg: AgentConfig): State {
  */
 export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): Promise<RunningAgent> {
   const log = opts.logger ?? silentLogger();
+  if (config.endpoints.length === 0) throw new AgentStartError("listen: the agent has no endpoint (configure listen + rules, or endpoints)");
+  if (!config.listenAnyAddress) {
+    for (const ep of config.endpoints) {
+      if (isWildcardHost(ep.listen.host)) throw new AgentStartError(`listen: ${ep.listen.host} is a wildcard address; set listenAnyAddress: true to listen on every interface`);
+    }
+  }
   let state = buildState(config);
   const upstream = upstreamOf(config);
   const pins = PinStore.fromConfig(config);
   const audit = opts.audit ?? new AuditLog({ file: config.audit.file, maxBytes: config.audit.maxBytes, keep: config.audit.keep, chain: config.audit.chain });
-  const sessions = new SessionTable();
   const limiter = new Limiter(config.limits, { now: opts.now });
+  const endpoints = new Map<string, LiveEndpoint>();
+  const allSessions = () => [...endpoints.values()].map((e) => e.sessions);
+
   const peers = new WeakMap<TLSSocket, PeerIdentity>();
   const byIdentity = new Map<string, Set<TLSSocket>>();
   let connections = 0;
@@ -121,7 +156,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const metrics = config.admin
     ? new AgentMetrics({
         connections: () => connections,
-        sessions: () => sessions.size,
+        sessions: () => allSessions().reduce((n, t) => n + t.size, 0),
         certs: () => certLifetimes(state.identity.certPem, state.identity.rootsPem),
         coolingDown: () => limiter.coolingDown(),
       })
@@ -141,9 +176,14 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     metrics?.decision(ev);
     alerts.decision(ev);
   };
-  const gate = new Gatekeeper({ policy: state.policy, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: log, limiter, ruleRates: ruleRates(config), onDecision });
   if (metrics) upstream.observe = (method, seconds, ok, error) => metrics.upstream(method, seconds, ok, error);
-  const edge = new StreamableHttpEdge({ gate, sessions, upstream, maxBodyBytes: config.limits.maxBodyBytes, logger: log, audit });
+  for (const ep of config.endpoints) {
+    const sessions = new SessionTable();
+    const epLog = log.child({ endpoint: ep.id });
+    const gate = new Gatekeeper({ policy: state.policies.get(ep.id)!, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: epLog, limiter, ruleRates: ruleRates(config, ep.id), onDecision });
+    const edge = new StreamableHttpEdge({ gate, sessions, upstream, limits: config.limits, logger: epLog, audit });
+    endpoints.set(ep.id, { id: ep.id, path: ep.path, sessions, gate, edge });
+  }
 
   // Revocation: with a CA configured the gate fails closed until a valid CRL is held, and again once it is stale.
 
@@ -172,7 +212,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       // A session is bound to the identity, not to one certificate: it survives only if the identity still holds a
       // valid connection (a renewed certificate while an older one is revoked as superseded).
       if (hit && !valid) {
-        const n = sessions.closeIdentity(id);
+        const n = allSessions().reduce((k, t) => k + t.closeIdentity(id), 0);
         if (n > 0) log.warn({ event: "sessions_revoked", identity: id, sessions: n, source }, "sessions of a revoked identity closed");
       }
     }
@@ -259,78 +299,128 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     feed.start();
   }
 
-  const tlsGate = new TlsGate({
-    trustDomains: state.trustDomains,
-    admits: (id) => state.policy.admits(id),
-    logger: log,
-    onRefuse: (reason, remote) => {
+  const revocationNow = () => {
+    if (!config.ca) return null;
+    const missing = !revocation || revocation.crls().length === 0;
+    if (!missing && !revocation!.isStale()) return revocation;
+    checkStale();
+    if (state.cfg.revocation.onStale === "serve-with-alert") return revocation;
+    return missing
+      ? { refuse: "revocation_unavailable" as const, detail: "no CRL has been fetched from the CA yet (fail closed)" }
+      : { refuse: "revocation_stale" as const, detail: `the CRL passed its nextUpdate ${new Date(revocation!.nextUpdate()!).toISOString()} (fail closed)` };
+  };
+
+  // One TLS listener per distinct address; endpoints on the same address are told apart by path.
+  const groups = new Map<string, EndpointConfig[]>();
+  for (const ep of config.endpoints) {
+    const key = `${ep.listen.host}|${ep.listen.port}`;
+    groups.set(key, [...(groups.get(key) ?? []), ep]);
+  }
+  let tlsOptions = serverTlsOptions(state.identity, state.bundle, config.tls.minVersion);
+  const servers: Server[] = [];
+  const gates: TlsGate[] = [];
+  let openConnections = 0;
+  let inFlight = 0;
+  let draining = false;
+  const drained = new Set<() => void>();
+  const limits = () => state.cfg.limits;
+
+  for (const group of groups.values()) {
+    const ids = group.map((e) => e.id);
+    const tlsGate = new TlsGate({
+      trustDomains: state.trustDomains,
+      // The connection-level gate of a listener: some endpoint on it must admit the identity.
+      admits: (id) => ids.some((e) => state.policies.get(e)!.admits(id)),
+      logger: log,
+      onRefuse: (reason, remote) => {
+        metrics?.handshakeFailure(reason);
+        alerts.handshakeFailure(remote, reason);
+      },
+      revocation: revocationNow,
+    });
+    gates.push(tlsGate);
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+      const peer = peers.get(req.socket as TLSSocket);
+      if (!peer) {
+        req.socket.destroy();
+        return;
+      }
+      const path = (req.url ?? "/").split("?")[0];
+      const ep = group.find((e) => e.path === path);
+      if (!ep) return sendJson(res, 404, errorResponse(null, SERVER_ERROR, `Not found: the MCP endpoint is ${group.map((e) => e.path).join(" or ")}`));
+      if (!state.policies.get(ep.id)!.admits(peer.id)) {
+        log.warn({ event: "endpoint_refused", endpoint: ep.id, identity: peer.id }, "identity not admitted on this endpoint");
+        return sendJson(res, 403, errorResponse(null, SERVER_ERROR, "Forbidden"));
+      }
+      if (draining) res.setHeader("connection", "close");
+      // In-flight calls are what a graceful stop waits for; long-lived GET streams are not.
+      const counted = req.method === "POST";
+      if (counted) inFlight++;
+      res.once("close", () => {
+        if (!counted) return;
+        inFlight--;
+        if (inFlight === 0) for (const f of drained) f();
+      });
+      void endpoints.get(ep.id)!.edge.handle(req, res, { id: peer.id, notBefore: peer.notBefore });
+    };
+    const server = createServer({ ...tlsOptions, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, connectionsCheckingInterval: 1_000 } as ServerOptions, onRequest);
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 60_000;
+    server.keepAliveTimeout = 10_000;
+    // Total connections, counted from the TCP accept (before the handshake), across every listener.
+    server.on("connection", (socket: Socket) => {
+      if (openConnections >= limits().maxConnections) {
+        log.warn({ event: "connection_limit", limit: "maxConnections", remote: `${socket.remoteAddress}:${socket.remotePort}` }, "too many connections; new one closed");
+        socket.destroy();
+        return;
+      }
+      openConnections++;
+      socket.once("close", () => openConnections--);
+    });
+    // Decide the peer before the HTTP parser sees a byte: this listener runs first on every connection.
+    server.prependListener("secureConnection", (socket: TLSSocket) => {
+      const peer = tlsGate.check(socket);
+      if (!peer) {
+        socket.destroy();
+        return;
+      }
+      let set = byIdentity.get(peer.id);
+      if (set && set.size >= limits().maxConnectionsPerIdentity) {
+        log.warn({ event: "connection_limit", limit: "maxConnectionsPerIdentity", identity: peer.id }, "too many connections from one identity; new one closed");
+        socket.destroy();
+        return;
+      }
+      peers.set(socket, peer);
+      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+      log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
+      if (!set) byIdentity.set(peer.id, (set = new Set()));
+      set.add(socket);
+      connections++;
+      // No connection outlives its certificate: close it at notAfter.
+      const expiry = setTimeout(() => {
+        log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(peer.notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
+        socket.destroy();
+        // Sessions of an identity left without any live connection end with it (its streams are gone already).
+        if (!byIdentity.get(peer.id)?.size) for (const t of allSessions()) t.closeIdentity(peer.id);
+      }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
+      expiry.unref();
+      socket.on("close", () => {
+        connections--;
+        log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
+        clearTimeout(expiry);
+        set!.delete(socket);
+        if (set!.size === 0) byIdentity.delete(peer.id);
+      });
+    });
+    server.on("tlsClientError", (err, socket) => {
+      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+      log.warn({ event: "handshake_failed", remote, reason: err.message }, "TLS handshake failed");
+      const reason = (err as NodeJS.ErrnoException).code ?? "tls_error";
       metrics?.handshakeFailure(reason);
       alerts.handshakeFailure(remote, reason);
-    },
-    revocation: () => {
-      if (!config.ca) return null;
-      const missing = !revocation || revocation.crls().length === 0;
-      if (!missing && !revocation!.isStale()) return revocation;
-      checkStale();
-      if (state.cfg.revocation.onStale === "serve-with-alert") return revocation;
-      return missing
-        ? { refuse: "revocation_unavailable", detail: "no CRL has been fetched from the CA yet (fail closed)" }
-        : { refuse: "revocation_stale", detail: `the CRL passed its nextUpdate ${new Date(revocation!.nextUpdate()!).toISOString()} (fail closed)` };
-    },
-  });
-
-  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
-    const peer = peers.get(req.socket as TLSSocket);
-    if (!peer) {
-      req.socket.destroy();
-      return;
-    }
-    const path = (req.url ?? "/").split("?")[0];
-    if (path !== MCP_PATH) return sendJson(res, 404, errorResponse(null, SERVER_ERROR, `Not found: the MCP endpoint is ${MCP_PATH}`));
-    void edge.handle(req, res, { id: peer.id, notBefore: peer.notBefore });
-  };
-  let tlsOptions = serverTlsOptions(state.identity, state.bundle, config.tls.minVersion);
-  const server = createServer({ ...tlsOptions, handshakeTimeout: 10_000 }, onRequest);
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 60_000;
-  server.keepAliveTimeout = 10_000;
-  // Decide the peer before the HTTP parser sees a byte: this listener runs first on every connection.
-  server.prependListener("secureConnection", (socket: TLSSocket) => {
-    const peer = tlsGate.check(socket);
-    if (!peer) {
-      socket.destroy();
-      return;
-    }
-    peers.set(socket, peer);
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
-    let set = byIdentity.get(peer.id);
-    if (!set) byIdentity.set(peer.id, (set = new Set()));
-    set.add(socket);
-    connections++;
-    // No connection outlives its certificate: close it at notAfter.
-    const expiry = setTimeout(() => {
-      log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(peer.notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
-      socket.destroy();
-      // Sessions of an identity left without any live connection end with it (its streams are gone already).
-      if (!byIdentity.get(peer.id)?.size) sessions.closeIdentity(peer.id);
-    }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
-    expiry.unref();
-    socket.on("close", () => {
-      connections--;
-      log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
-      clearTimeout(expiry);
-      set!.delete(socket);
-      if (set!.size === 0) byIdentity.delete(peer.id);
     });
-  });
-  server.on("tlsClientError", (err, socket) => {
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    log.warn({ event: "handshake_failed", remote, reason: err.message }, "TLS handshake failed");
-    const reason = (err as NodeJS.ErrnoException).code ?? "tls_error";
-    metrics?.handshakeFailure(reason);
-    alerts.handshakeFailure(remote, reason);
-  });
+    servers.push(server);
+  }
 
   // The agent renews its own certificate and swaps it in without dropping connections.
   let renewal: RenewalScheduler | null = null;
@@ -351,6 +441,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     let nextTls: ReturnType<typeof serverTlsOptions>;
     try {
       const cfg = config.file ? loadAgentConfig(config.file) : state.cfg;
+      if (doorsOf(cfg) !== doorsOf(config)) throw new AgentStartError("endpoints: ids, listen addresses and paths cannot change on reload; restart the agent");
       next = buildState(cfg);
       nextTls = serverTlsOptions(next.identity, next.bundle, next.cfg.tls.minVersion);
       // Everything the swap needs is built (and can fail) before anything is swapped.
@@ -366,9 +457,12 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;
     tlsOptions = nextTls;
-    server.setSecureContext(tlsOptions);
-    tlsGate.update({ trustDomains: next.trustDomains });
-    gate.update({ policy: next.policy, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg) });
+    for (const server of servers) server.setSecureContext(tlsOptions);
+    for (const g of gates) g.update({ trustDomains: next.trustDomains });
+    for (const ep of endpoints.values()) {
+      ep.gate.update({ policy: next.policies.get(ep.id)!, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg, ep.id) });
+      ep.edge.update({ limits: next.cfg.limits });
+    }
     limiter.update(next.cfg.limits);
     alerts.update(next.cfg.alerts);
     // The feed authenticates with the agent's certificate: use the new one from now on.
@@ -416,34 +510,62 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const set = byIdentity.get(identity);
     const n = set?.size ?? 0;
     for (const s of set ?? []) s.destroy();
-    sessions.closeIdentity(identity);
+    for (const t of allSessions()) t.closeIdentity(identity);
     return n;
   };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", (e) => reject(new AgentStartError(`cannot listen on ${config.listen.host}:${config.listen.port}: ${e.message}`, { cause: e })));
-    server.listen(config.listen.port, config.listen.host, () => resolve());
-  });
-  const port = (server.address() as { port: number }).port;
-  const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
-  const url = `https://${host}:${port}${MCP_PATH}`;
+  const urls: Record<string, string> = {};
+  let first = 0;
+  try {
+    let i = 0;
+    for (const group of groups.values()) {
+      const server = servers[i++];
+      const at = group[0].listen;
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", (e) => reject(new AgentStartError(`cannot listen on ${at.host}:${at.port}: ${e.message}`, { cause: e })));
+        server.listen(at.port, at.host, () => resolve());
+      });
+      const bound = server.address() as { address: string; port: number };
+      // A host name can resolve to the wildcard too: judge the address actually bound.
+      if (!config.listenAnyAddress && isWildcardHost(bound.address)) {
+        throw new AgentStartError(`listen: ${at.host} resolved to the wildcard address ${bound.address}; set listenAnyAddress: true to listen on every interface`);
+      }
+      const port = bound.port;
+      if (first === 0) first = port;
+      const host = at.host.includes(":") ? `[${at.host}]` : at.host;
+      for (const ep of group) {
+        urls[ep.id] = `https://${host}:${port}${ep.path}`;
+        endpoints.get(ep.id)!.url = urls[ep.id];
+      }
+    }
+  } catch (e) {
+    for (const s of servers) if (s.listening) s.close();
+    await upstream.close();
+    throw e;
+  }
+  const url = urls[config.endpoints[0].id];
   let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
   if (config.admin && metrics) {
     try {
       admin = await startAdminServer(config.admin.listen, metrics);
     } catch (e) {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      await upstream.close();
       throw new AgentStartError(`cannot listen on admin.listen ${config.admin.listen.host}:${config.admin.listen.port}: ${(e as Error).message}`, { cause: e });
     }
   }
-  log.info({ event: "listening", url, admin: admin?.url, identity: state.identity.id, upstream: config.upstream.url, trustDomains: state.trustDomains }, "agent listening");
+  log.info({ event: "listening", url, endpoints: urls, admin: admin?.url, identity: state.identity.id, upstream: config.upstream.url, trustDomains: state.trustDomains }, "agent listening");
 
-  const sweep = setInterval(() => sessions.sweep(), 60_000);
+  const sweep = setInterval(() => {
+    for (const t of allSessions()) t.sweep();
+  }, 60_000);
   sweep.unref();
   return {
     url,
-    port,
-    server,
+    urls,
+    port: first,
+    server: servers[0],
+    servers,
     adminUrl: admin?.url,
     metrics,
     reload,
@@ -457,23 +579,43 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       for (const w of watchers) w.close();
       feed?.stop();
       renewal?.stop();
-      for (const s of [...sessions.all()]) sessions.delete(s.key);
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-        for (const set of byIdentity.values()) for (const s of set) s.destroy();
-      });
+      // Graceful stop: no new connections, idle ones closed, in-flight calls get up to DRAIN_MS to finish.
+      draining = true;
+      const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+      for (const s of servers) s.closeIdleConnections();
+      if (inFlight > 0) {
+        log.info({ event: "draining", inFlight }, "stopping: waiting for in-flight calls");
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, DRAIN_MS);
+          const tick = setInterval(() => {
+            for (const s of servers) s.closeIdleConnections();
+          }, 200);
+          function done() {
+            clearTimeout(timer);
+            clearInterval(tick);
+            drained.delete(done);
+            resolve();
+          }
+          drained.add(done);
+        });
+      }
+      for (const t of allSessions()) for (const s of [...t.all()]) t.delete(s.key);
+      for (const s of servers) s.closeAllConnections();
+      for (const set of byIdentity.values()) for (const s of set) s.destroy();
+      await closed;
       await upstream.close();
       await admin?.close();
       await webhook?.drain(2000);
       webhook?.close();
       if (audit instanceof AuditLog) await audit.close();
+      log.info({ event: "stopped", inFlight }, "agent stopped");
     },
   };
 }
 
-function ruleRates(cfg: AgentConfig): Map<string, RateSpec> {
+/** The rate limits that allow rules of one endpoint carry, by rule id (ids are unique within an endpoint). */
+function ruleRates(cfg: AgentConfig, endpointId: string): Map<string, RateSpec> {
   const m = new Map<string, RateSpec>();
-  for (const r of cfg.rules) if (r.rate) m.set(r.id, r.rate);
+  for (const r of cfg.endpoints.find((e) => e.id === endpointId)?.rules ?? []) if (r.rate) m.set(r.id, r.rate);
   return m;
 }

@@ -123,7 +123,7 @@ export interface CoolDownConfig {
   forMs: number;
 }
 
-/** Hard bounds on client input, checked before anything is parsed further or forwarded. */
+/** Hard bounds on client input and on what one client may hold, checked before anything is parsed further or forwarded. */
 export interface LimitsConfig {
   rate: RateLimitsConfig;
   /** In-flight tools/call per identity; 0 = unlimited. Default 64. */
@@ -132,6 +132,14 @@ export interface LimitsConfig {
   coolDown: CoolDownConfig | null;
   /** Largest HTTP/WebSocket message body. Default 1 MiB. */
   maxBodyBytes: number;
+  /** Deepest nesting of a whole JSON-RPC message, checked by a scan before JSON.parse. Default 64. */
+  maxMessageDepth: number;
+  /** Open connections in total, across all listeners, including handshakes in progress. Default 1024. */
+  maxConnections: number;
+  /** Authenticated connections per client identity. Default 64. */
+  maxConnectionsPerIdentity: number;
+  /** MCP sessions per client identity (per endpoint). Default 32. */
+  maxSessionsPerIdentity: number;
   /** Largest serialized `tools/call` arguments object. Default 256 KiB. */
   maxArgumentBytes: number;
   /** Deepest nesting of objects/arrays in arguments. Default 32. */
@@ -220,9 +228,32 @@ export interface TlsConfig {
   minVersion: "TLSv1.2" | "TLSv1.3";
 }
 
+/**
+ * One door into the agent: an mTLS listener address and HTTP path with its own rules. Several endpoints may share a
+ * listener (different paths) or use different addresses (e.g. a read-only door on one interface and a stricter admin
+ * door on another). The top-level `listen` + `rules` form is the endpoint `default` at `/mcp`.
+ */
+export interface EndpointConfig {
+  /** Unique name, used in logs and audit lines. */
+  id: string;
+  listen: ListenAddress;
+  /** HTTP path of the Streamable HTTP edge. Default `/mcp`. */
+  path: string;
+  /** Optional narrower identity set: only these patterns may connect to or use this endpoint, whatever the rules say. */
+  clients?: string[];
+  /** Every allow rule of this endpoint also needs a certificate issued within this long (step-up). */
+  stepUpMs?: number;
+  rules: RuleConfig[];
+}
+
 /** The validated agent configuration, with defaults applied, durations in ms and file paths absolute. */
 export interface AgentConfig {
+  /** The first endpoint's listen address (the top-level `listen`, or `endpoints[0].listen`). */
   listen: ListenAddress;
+  /** Allow wildcard listen addresses (0.0.0.0, ::). Default false: the agent must sit on a chosen interface. */
+  listenAnyAddress: boolean;
+  /** Every endpoint, the top-level form first (id `default`). Never empty in a valid config. */
+  endpoints: EndpointConfig[];
   /** Identity directory (key.pem, cert.pem, ca.pem) written by `mcpmesh enroll`. Absolute. */
   identity: string;
   /** The mesh CA's https URL, for renewal and the revocation feed. Optional. */
@@ -239,6 +270,7 @@ export interface AgentConfig {
   tools: Record<string, ToolDeclaration>;
   /** Use the server's `annotations.readOnlyHint` for undeclared tools (read if true, write otherwise). Default false. */
   trustAnnotations: boolean;
+  /** The top-level rules (the `default` endpoint's); [] when only `endpoints` are configured. */
   rules: RuleConfig[];
   /** JSON-RPC methods allowed for every admitted identity beyond the built-in safe list. Default []. */
   methods: string[];
@@ -273,6 +305,10 @@ export class ConfigError extends MeshError {
 
 export const DEFAULT_LIMITS: Readonly<LimitsConfig> = Object.freeze({
   maxBodyBytes: 1_048_576,
+  maxMessageDepth: 64,
+  maxConnections: 1024,
+  maxConnectionsPerIdentity: 64,
+  maxSessionsPerIdentity: 32,
   maxArgumentBytes: 262_144,
   maxDepth: 32,
   maxStringLength: 65_536,
@@ -309,6 +345,7 @@ export const DEFAULT_UPSTREAM_TIMEOUT_MS = 60_000;
 export const DEFAULT_PIN_FILE = "pins.json";
 export const DEFAULT_REVOCATION: Readonly<RevocationConfig> = Object.freeze({ pollIntervalMs: 30_000, onStale: "fail-closed", feed: true });
 export const DEFAULT_RELOAD: Readonly<ReloadConfig> = Object.freeze({ watch: true, debounceMs: 250 });
+export const DEFAULT_ENDPOINT_PATH = "/mcp";
 
 const stringList = (minItems = 1) => ({
   type: "array",
@@ -317,15 +354,40 @@ const stringList = (minItems = 1) => ({
   items: { type: "string", minLength: 1 },
 });
 const accessEnum = { type: "string", enum: ["read", "write"] };
+const RULES_SCHEMA = {
+  type: "array",
+  items: {
+    type: "object",
+    additionalProperties: false,
+    required: ["clients"],
+    properties: {
+      id: { type: "string", minLength: 1 },
+      clients: stringList(1),
+      tools: stringList(1),
+      access: { type: "array", minItems: 1, uniqueItems: true, items: accessEnum },
+      resources: stringList(1),
+      prompts: stringList(1),
+      arguments: {
+        type: "object",
+        propertyNames: { minLength: 1 },
+        additionalProperties: { type: ["string", "number", "boolean", "null"] },
+      },
+      stepUp: { type: "string", minLength: 1 },
+      rate: { type: "string", minLength: 1 },
+      effect: { type: "string", enum: ["allow", "deny"] },
+    },
+  },
+};
 
 // The JSON schema catches shape errors (types, unknown fields, enums); everything that needs parsing or cross-field
 // knowledge is in semanticChecks. `x-hint` is our own annotation: the message shown when a `pattern` fails.
 const CONFIG_SCHEMA = {
   type: "object",
   additionalProperties: false,
-  required: ["listen", "identity", "upstream", "rules"],
+  required: ["identity", "upstream"],
   properties: {
     listen: { type: "string", minLength: 1 },
+    listenAnyAddress: { type: "boolean" },
     identity: { type: "string", minLength: 1 },
     ca: { type: "string", minLength: 1 },
     trustBundles: stringList(0),
@@ -380,27 +442,21 @@ const CONFIG_SCHEMA = {
       },
     },
     trustAnnotations: { type: "boolean" },
-    rules: {
+    rules: RULES_SCHEMA,
+    endpoints: {
       type: "array",
+      minItems: 1,
       items: {
         type: "object",
         additionalProperties: false,
-        required: ["clients"],
+        required: ["rules"],
         properties: {
           id: { type: "string", minLength: 1 },
+          listen: { type: "string", minLength: 1 },
+          path: { type: "string", minLength: 1 },
           clients: stringList(1),
-          tools: stringList(1),
-          access: { type: "array", minItems: 1, uniqueItems: true, items: accessEnum },
-          resources: stringList(1),
-          prompts: stringList(1),
-          arguments: {
-            type: "object",
-            propertyNames: { minLength: 1 },
-            additionalProperties: { type: ["string", "number", "boolean", "null"] },
-          },
           stepUp: { type: "string", minLength: 1 },
-          rate: { type: "string", minLength: 1 },
-          effect: { type: "string", enum: ["allow", "deny"] },
+          rules: RULES_SCHEMA,
         },
       },
     },
@@ -410,6 +466,10 @@ const CONFIG_SCHEMA = {
       additionalProperties: false,
       properties: {
         maxBodyBytes: { type: "integer", minimum: 1 },
+        maxMessageDepth: { type: "integer", minimum: 4, maximum: 1024 },
+        maxConnections: { type: "integer", minimum: 1 },
+        maxConnectionsPerIdentity: { type: "integer", minimum: 1 },
+        maxSessionsPerIdentity: { type: "integer", minimum: 1 },
         maxArgumentBytes: { type: "integer", minimum: 1 },
         maxDepth: { type: "integer", minimum: 1, maximum: 1024 },
         maxStringLength: { type: "integer", minimum: 1 },
@@ -725,7 +785,10 @@ export function parseListenAddress(text: string): ListenAddress | string {
     host = text.slice(0, colon);
     portText = text.slice(colon + 1);
     if (host.includes(":")) return "IPv6 addresses must be in brackets, e.g. [::1]:8443";
-    if (host === "") return "needs a host: host:port, e.g. 127.0.0.1:8443 (0.0.0.0 for all interfaces)";
+    if (host === "") return "needs a host: host:port, e.g. 127.0.0.1:8443 (the address of the interface clients reach)";
+    // inet_aton would read 0.00.0.0, 0x7f.1 or 2130706433 as addresses (0.00.0.0 is the wildcard): numbers must be
+    // canonical dotted quads.
+    if (isIP(host) === 0 && /^(0x[0-9a-f]+|[0-9.]+)$/i.test(host.split(".").pop() ?? "")) return `"${host}" is not a valid IPv4 address (write it as a dotted quad, e.g. 10.0.0.5)`;
     if (isIP(host) === 0 && !/^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/.test(host)) {
       return `"${host}" is not a valid host name or IP address`;
     }
@@ -734,6 +797,14 @@ export function parseListenAddress(text: string): ListenAddress | string {
   const port = Number(portText);
   if (port > 65535) return `port ${port} is out of range (0-65535)`;
   return { host, port };
+}
+
+/** True for addresses that mean "every interface": 0.0.0.0, ::, and their spelled-out forms. */
+export function isWildcardHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (isIP(h) === 4) return h.split(".").every((o) => Number(o) === 0);
+  if (isIP(h) === 6) return /^[0:]+$/.test(h) || /^::ffff:0+\.0+\.0+\.0+$/.test(h);
+  return false;
 }
 
 /** True for hosts that cannot leave this machine: localhost, 127.0.0.0/8, ::1 (and its IPv4-mapped form). */
@@ -772,14 +843,21 @@ function resolvePath(baseDir: string, p: string): string {
 const CAPTURE_REF = /\{([A-Za-z_][A-Za-z0-9_]*)\}/g;
 
 function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add): AgentConfig {
-  // listen
-  let listen: ListenAddress = { host: "127.0.0.1", port: 0 };
-  if (isStr(raw.listen)) {
-    const r = parseListenAddress(raw.listen);
-    if (typeof r === "string") add("listen", r);
-    else listen = r;
-  }
-
+  // listen (the top-level form; endpoints are checked below, once trust domains are known)
+  const anyAddress = raw.listenAnyAddress === true;
+  const listenAt = (v: unknown, path: string): ListenAddress | undefined => {
+    if (!isStr(v)) return undefined;
+    const r = parseListenAddress(v);
+    if (typeof r === "string") {
+      add(path, r);
+      return undefined;
+    }
+    if (!anyAddress && isWildcardHost(r.host)) {
+      add(path, `${r.host} is a wildcard address (every interface); the agent must listen only on the private interface its clients use (set listenAnyAddress: true to override)`);
+    }
+    return r;
+  };
+  const topListen = listenAt(raw.listen, "listen");
   // ca
   let ca: string | undefined;
   if (isStr(raw.ca)) {
@@ -887,18 +965,78 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
     }
   }
 
-  // rules
-  const rules: RuleConfig[] = [];
-  const ids = new Map<string, number>();
-  if (Array.isArray(raw.rules)) {
-    raw.rules.forEach((r, i) => {
-      if (!isObj(r)) return;
-      const rule = checkRule(r, i, trustDomains, add);
-      if (ids.has(rule.id)) add(`rules[${i}].id`, `"${rule.id}" is already used by rules[${ids.get(rule.id)}]`);
-      else ids.set(rule.id, i);
-      rules.push(rule);
+  // rules and endpoints
+  const checkRules = (list: unknown, at: string): RuleConfig[] => {
+    const out: RuleConfig[] = [];
+    const ids = new Map<string, number>();
+    if (Array.isArray(list)) {
+      list.forEach((r, i) => {
+        if (!isObj(r)) return;
+        const rule = checkRule(r, i, trustDomains, add, at);
+        if (ids.has(rule.id)) add(`${at}[${i}].id`, `"${rule.id}" is already used by ${at}[${ids.get(rule.id)}]`);
+        else ids.set(rule.id, i);
+        out.push(rule);
+      });
+    }
+    return out;
+  };
+  const rules = checkRules(raw.rules, "rules");
+  const endpoints: EndpointConfig[] = [];
+  const endpointPaths: string[] = [];
+  const hasEndpoints = Array.isArray(raw.endpoints);
+  if (raw.listen === undefined && !hasEndpoints) add("listen", "is required (or configure endpoints)");
+  if (raw.rules === undefined && !hasEndpoints) add("rules", "is required (or configure endpoints)");
+  if (raw.rules !== undefined && raw.listen === undefined) add("rules", "top-level rules need a top-level listen (or move them into endpoints)");
+  if (raw.listen !== undefined && raw.rules === undefined && !hasEndpoints) add("rules", "is required");
+  if (topListen && raw.rules !== undefined) {
+    endpoints.push({ id: "default", listen: topListen, path: DEFAULT_ENDPOINT_PATH, rules });
+    endpointPaths.push("listen");
+  }
+  if (hasEndpoints) {
+    (raw.endpoints as unknown[]).forEach((e, i) => {
+      if (!isObj(e)) return;
+      const at = `endpoints[${i}]`;
+      const id = isStr(e.id) ? e.id : `endpoint-${i}`;
+      const listen = e.listen !== undefined ? listenAt(e.listen, `${at}.listen`) : topListen;
+      if (e.listen === undefined && raw.listen === undefined) add(`${at}.listen`, "is required (there is no top-level listen to share)");
+      let path = DEFAULT_ENDPOINT_PATH;
+      if (isStr(e.path)) {
+        if (!/^\/[A-Za-z0-9._~/-]*$/.test(e.path) || e.path.includes("//") || /(^|\/)\.\.?(\/|$)/.test(e.path)) {
+          add(`${at}.path`, `"${e.path}" must be an absolute URL path like /admin/mcp (letters, digits, - . _ ~ /)`);
+        } else {
+          path = e.path;
+        }
+      }
+      const ep: EndpointConfig = { id, listen: listen ?? { host: "127.0.0.1", port: 0 }, path, rules: checkRules(e.rules, `${at}.rules`) };
+      if (Array.isArray(e.clients)) {
+        ep.clients = [];
+        e.clients.forEach((c, j) => {
+          if (!isStr(c)) return;
+          try {
+            compileIdentityPattern(c, `${at}.clients[${j}]`);
+            ep.clients!.push(c);
+          } catch (err) {
+            add(`${at}.clients[${j}]`, errMessage(err));
+          }
+        });
+      }
+      const step = duration(e.stepUp, `${at}.stepUp`, add);
+      if (step !== undefined) ep.stepUpMs = step;
+      endpoints.push(ep);
+      endpointPaths.push(at);
     });
   }
+  // Endpoints are told apart by listener and path; the same pair twice would make one of them unreachable.
+  const seenDoors = new Map<string, string>();
+  const seenIds = new Map<string, string>();
+  endpoints.forEach((ep, i) => {
+    const at = endpointPaths[i];
+    if (seenIds.has(ep.id)) add(at === "listen" ? at : `${at}.id`, `endpoint id "${ep.id}" is already used by ${seenIds.get(ep.id)}`);
+    else seenIds.set(ep.id, at);
+    const door = `${ep.listen.host}|${ep.listen.port}|${ep.path}`;
+    if (ep.listen.port !== 0 && seenDoors.has(door)) add(at, `listens on ${ep.listen.host}:${ep.listen.port}${ep.path} like ${seenDoors.get(door)}; give it another listen address or path`);
+    else seenDoors.set(door, at);
+  });
 
   // methods
   const methods = strings(raw.methods);
@@ -961,7 +1099,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
     const r = parseListenAddress(raw.admin.listen);
     if (typeof r === "string") add("admin.listen", r);
     else if (!isLoopbackHost(r.host)) add("admin.listen", `"${r.host}" is not loopback; the admin listener (metrics, status) serves plain HTTP and must stay on this machine (e.g. 127.0.0.1:9100)`);
-    else if (r.host === listen.host && r.port !== 0 && r.port === listen.port) add("admin.listen", "must differ from listen");
+    else if (r.port !== 0 && endpoints.some((e) => e.listen.host === r.host && e.listen.port === r.port)) add("admin.listen", "must differ from every endpoint's listen address");
     else admin = { listen: r };
   }
 
@@ -969,7 +1107,9 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
   const alerts = checkAlerts(raw.alerts, add);
 
   const cfg: AgentConfig = {
-    listen,
+    listen: endpoints[0]?.listen ?? topListen ?? { host: "127.0.0.1", port: 0 },
+    listenAnyAddress: anyAddress,
+    endpoints,
     identity: isStr(raw.identity) ? resolvePath(baseDir, raw.identity) : "",
     trustBundles: strings(raw.trustBundles).map((p) => resolvePath(baseDir, p)),
     tls,
@@ -1034,8 +1174,8 @@ function checkAlerts(v: unknown, add: Add): AlertsConfig {
   return a;
 }
 
-function checkRule(r: Record<string, unknown>, i: number, trustDomains: string[] | undefined, add: Add): RuleConfig {
-  const at = `rules[${i}]`;
+function checkRule(r: Record<string, unknown>, i: number, trustDomains: string[] | undefined, add: Add, list = "rules"): RuleConfig {
+  const at = `${list}[${i}]`;
   const effect = r.effect === "deny" ? "deny" : "allow";
   const rule: RuleConfig = { id: isStr(r.id) ? r.id : at, clients: strings(r.clients), effect };
 

@@ -1,7 +1,7 @@
 import { ConfigError, loadAgentConfig, type AgentConfig, type ConfigIssue } from "./config.ts";
 import { Policy, type Decision, type ToolAccess } from "./policy.ts";
 import { ArgumentValidator, checkLimits } from "./schema.ts";
-import { isMeshError } from "../lib/errors.ts";
+import { InvalidArgumentError, isMeshError } from "../lib/errors.ts";
 
 export interface ConfigCheck {
   ok: boolean;
@@ -20,7 +20,7 @@ export function checkConfigFile(path: string): ConfigCheck {
     throw e;
   }
   try {
-    Policy.compile(cfg);
+    for (const ep of cfg.endpoints) Policy.forEndpoint(cfg, ep);
   } catch (e) {
     // The loader runs the same pattern checks, so this is a safety net, not an expected path.
     if (isMeshError(e)) return { ok: false, errors: [{ path: "rules", message: e.message }] };
@@ -49,12 +49,15 @@ export interface CallExplanation {
  * Explains how the policy treats one call, without a server: the decision, whether the tool would be listed, the
  * limits and the overlay schema. Step-up assumes a certificate issued at `notBefore` (default: `now`, i.e. fresh).
  */
-export function explainCall(cfg: AgentConfig, identity: string, toolName: string, args: unknown, now = Date.now(), notBefore = now): CallExplanation {
-  const policy = Policy.compile(cfg, { now: () => now });
+export function explainCall(cfg: AgentConfig, identity: string, toolName: string, args: unknown, now = Date.now(), notBefore = now, endpoint?: string): CallExplanation {
+  const ep = endpoint === undefined ? cfg.endpoints[0] : cfg.endpoints.find((e) => e.id === endpoint);
+  if (!ep) throw new InvalidArgumentError("endpoint", `no endpoint "${endpoint}" (have: ${cfg.endpoints.map((e) => e.id).join(", ")})`);
+  const policy = Policy.forEndpoint(cfg, ep, { now: () => now });
   const caller = { id: identity, notBefore };
   const tool = { name: toolName };
   const notes: string[] = [];
-  if (notBefore === now && cfg.rules.some((r) => r.stepUpMs !== undefined)) {
+  if (cfg.endpoints.length > 1) notes.push(`explained for endpoint "${ep.id}" (${ep.path})`);
+  if (notBefore === now && (ep.stepUpMs !== undefined || ep.rules.some((r) => r.stepUpMs !== undefined))) {
     notes.push("step-up rules were evaluated for a freshly issued certificate");
   }
   const access = policy.accessOf(tool);

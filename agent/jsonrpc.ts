@@ -65,7 +65,14 @@ export function classify(v: unknown): Classified {
     if (typeof v.method !== "string" || v.method.length === 0 || v.method.length > 256) return { kind: "invalid", id: safeId, reason: "method must be a non-empty string" };
     if ("params" in v && v.params !== undefined && !isObject(v.params)) return { kind: "invalid", id: safeId, reason: "params must be an object" };
     if ("result" in v || "error" in v) return { kind: "invalid", id: safeId, reason: "a request cannot carry result or error" };
-    if (id === undefined) return { kind: "notification", msg: v as unknown as JsonRpcNotification };
+    // MCP names every notification notifications/*: a request method without an id is a request that dodges its
+    // response (and the error a refusal would carry), a notifications/* method with an id pretends to be answerable.
+    const isNotificationMethod = v.method.startsWith("notifications/");
+    if (id === undefined) {
+      if (!isNotificationMethod) return { kind: "invalid", id: null, reason: `${v.method.slice(0, 64)} is a request method and needs an id` };
+      return { kind: "notification", msg: v as unknown as JsonRpcNotification };
+    }
+    if (isNotificationMethod) return { kind: "invalid", id: safeId, reason: "a notification must not carry an id" };
     if (!validId(id)) return { kind: "invalid", id: null, reason: "id must be a string (<= 256 chars) or a safe integer" };
     return { kind: "request", msg: v as unknown as JsonRpcRequest };
   }

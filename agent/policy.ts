@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from "../lib/errors.ts";
 import { parseSpiffeId } from "../lib/spiffe.ts";
 import { formatDuration } from "../lib/duration.ts";
-import type { AgentConfig, ArgumentConstraint, RuleConfig } from "./config.ts";
+import type { AgentConfig, ArgumentConstraint, EndpointConfig, RuleConfig } from "./config.ts";
 
 /** The authenticated peer of a connection, as the TLS layer saw it. */
 export interface Caller {
@@ -280,10 +280,13 @@ export class Policy {
   private readonly trustDomains: ReadonlySet<string> | null;
   private readonly cache = new Map<string, IdentityMatch>();
   private readonly now: () => number;
+  /** An endpoint's narrower identity set: identities outside it are not valid callers here at all. */
+  private readonly restrict: CompiledIdentityPattern[] | null;
 
-  private constructor(cfg: AgentConfig, opts: PolicyOptions) {
+  private constructor(cfg: AgentConfig, opts: PolicyOptions, rules: RuleConfig[] = cfg.rules, restrict: string[] | null = null) {
     this.now = opts.now ?? Date.now;
-    this.rules = cfg.rules.map(compileRule);
+    this.rules = rules.map(compileRule);
+    this.restrict = restrict ? restrict.map((c, j) => compileIdentityPattern(c, `clients[${j}]`)) : null;
     this.access = new Map();
     for (const name of Object.keys(cfg.tools)) {
       const a = cfg.tools[name].access;
@@ -297,6 +300,15 @@ export class Policy {
   /** Compiles a validated config. Honours `cfg.trustDomains` when set: other trust domains are denied everything. */
   static compile(cfg: AgentConfig, opts: PolicyOptions = {}): Policy {
     return new Policy(cfg, opts);
+  }
+
+  /**
+   * The policy of one endpoint: its own rules, every allow rule tightened by the endpoint's step-up, and only the
+   * endpoint's `clients` (when set) counted as callers at all. Declarations, methods and trust domains are shared.
+   */
+  static forEndpoint(cfg: AgentConfig, ep: EndpointConfig, opts: PolicyOptions = {}): Policy {
+    const rules = ep.stepUpMs === undefined ? ep.rules : ep.rules.map((r) => (r.effect === "deny" ? r : { ...r, stepUpMs: Math.min(r.stepUpMs ?? Infinity, ep.stepUpMs!) }));
+    return new Policy(cfg, opts, rules, ep.clients ?? null);
   }
 
   /** The access class the policy uses for a tool: the operator's declaration, else (if trusted) the server's hint. */
@@ -456,6 +468,8 @@ export class Policy {
       result = { valid: false, why: "caller identity is not a valid SPIFFE ID" };
     } else if (this.trustDomains && !this.trustDomains.has(parsed.trustDomain)) {
       result = { valid: false, why: `trust domain ${parsed.trustDomain} is not accepted` };
+    } else if (this.restrict && !this.restrict.some((p) => p.re === null || p.re.test(id))) {
+      result = { valid: false, why: `${id} is not in this endpoint's clients` };
     } else {
       const perRule = this.rules.map((r) => {
         const found: Captures[] = [];

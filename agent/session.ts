@@ -58,6 +58,22 @@ export class SessionTable {
     return s !== undefined && s.owner !== identity;
   }
 
+  /** Sessions an identity holds (for the per-identity cap). */
+  countOwned(identity: string): number {
+    let n = 0;
+    for (const s of this.#sessions.values()) if (s.owner === identity) n++;
+    return n;
+  }
+
+  /** The identity's least recently used session with no open stream, if any. */
+  oldestIdle(identity: string): Session | null {
+    let best: Session | null = null;
+    for (const s of this.#sessions.values()) {
+      if (s.owner === identity && s.closers.size === 0 && (best === null || s.lastSeen < best.lastSeen)) best = s;
+    }
+    return best;
+  }
+
   /** The stateless pseudo-session of an identity, created on first use. */
   stateless(identity: string, protocolVersion: string): Session {
     const key = `~${identity}`;

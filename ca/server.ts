@@ -1,7 +1,7 @@
 import { createServer, type Server } from "node:https";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { TLSSocket } from "node:tls";
-import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { constants as cryptoConstants, generateKeyPairSync, type KeyObject } from "node:crypto";
 import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
 import { silentLogger, type Logger } from "../lib/log.ts";
 import { pemToDer } from "../lib/x509.ts";
@@ -193,8 +193,10 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
     requestCert: true,
     rejectUnauthorized: false,
     minVersion: "TLSv1.3" as const,
+    // As at the agent: no tickets (every connection presents its certificate afresh), no renegotiation, no compression.
+    secureOptions: cryptoConstants.SSL_OP_NO_TICKET | cryptoConstants.SSL_OP_NO_RENEGOTIATION | cryptoConstants.SSL_OP_NO_COMPRESSION,
   };
-  const server = createServer({ ...tlsOptions, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, createCaHandler(authority, log));
+  const server = createServer({ ...tlsOptions, handshakeTimeout: 10_000, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 }, createCaHandler(authority, log));
   server.on("tlsClientError", (err, sock) => {
     log.warn({ event: "tls_error", remote: sock.remoteAddress, reason: err.message }, "TLS handshake failed");
   });

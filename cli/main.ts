@@ -211,6 +211,7 @@ export function buildProgram(): Command {
     .option("--identity <spiffe-id>", "explain: the caller's SPIFFE ID")
     .option("--tool <name>", "explain: the tool called")
     .option("--args <json>", "explain: the call's arguments as JSON", "{}")
+    .option("--endpoint <id>", "explain: the endpoint whose rules apply (default: the first)")
     .option("--json", "print JSON")
     .action(async (o) => {
       const { checkConfigFile, explainCall } = await import("../agent/explain.ts");
@@ -226,7 +227,10 @@ export function buildProgram(): Command {
       }
       if (!o.identity && !o.tool) {
         if (o.json) console.log(JSON.stringify({ ok: true, errors: [] }));
-        else console.log(`${o.config}: OK (${check.config!.rules.length} rules)`);
+        else {
+          const eps = check.config!.endpoints;
+          console.log(`${o.config}: OK (${eps.length === 1 ? `${eps[0].rules.length} rules` : eps.map((e) => `${e.id}: ${e.rules.length} rules`).join("; ")})`);
+        }
         return;
       }
       if (!o.identity || !o.tool) throw new InvalidArgumentError(o.identity ? "tool" : "identity", "explaining a call needs both --identity and --tool");
@@ -236,7 +240,7 @@ export function buildProgram(): Command {
       } catch {
         throw new InvalidArgumentError("args", "is not valid JSON");
       }
-      const ex = explainCall(check.config!, o.identity, o.tool, args);
+      const ex = explainCall(check.config!, o.identity, o.tool, args, undefined, undefined, o.endpoint);
       const allowed = ex.decision.allow && ex.limits === null && (ex.overlay?.ok ?? true);
       if (o.json) console.log(JSON.stringify({ ok: true, allowed, ...ex }, null, 2));
       else {

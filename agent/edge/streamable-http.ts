@@ -8,6 +8,8 @@ import type { HttpUpstream, UpstreamResponse } from "../upstream/http.ts";
 import { relaySse } from "./sse.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { AuditSink } from "../audit.ts";
+import type { LimitsConfig } from "../config.ts";
+import { scanJson } from "../json-scan.ts";
 
 /**
  * The Streamable HTTP edge (spec 2025-03-26 and later) in front of a Streamable HTTP upstream: POST/GET/DELETE on
@@ -18,7 +20,7 @@ export interface StreamableHttpEdgeOptions {
   gate: Gatekeeper;
   sessions: SessionTable;
   upstream: HttpUpstream;
-  maxBodyBytes: number;
+  limits: LimitsConfig;
   logger: Logger;
   audit: AuditSink;
 }
@@ -62,10 +64,15 @@ function header(req: IncomingMessage, name: string): string | undefined {
 }
 
 export class StreamableHttpEdge {
-  readonly #o: StreamableHttpEdgeOptions;
+  #o: StreamableHttpEdgeOptions;
 
   constructor(opts: StreamableHttpEdgeOptions) {
     this.#o = opts;
+  }
+
+  /** Swaps limits (config reload). */
+  update(opts: Partial<Pick<StreamableHttpEdgeOptions, "limits">>): void {
+    this.#o = { ...this.#o, ...opts };
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
@@ -94,13 +101,22 @@ export class StreamableHttpEdge {
       }
     } catch (e) {
       if (e instanceof BodyTooLarge) {
-        sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.maxBodyBytes} bytes`), { connection: "close" });
+        sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
         return;
       }
-      this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message }, "request failed");
-      if (!res.headersSent) sendJson(res, 502, errorResponse(null, SERVER_ERROR, "Upstream MCP server unavailable"));
+      if (res.destroyed || !res.socket || res.socket.destroyed) return; // the client went away (its call was cancelled upstream too)
+      const timedOut = (e as { cause?: { code?: string } }).cause?.code === "UND_ERR_HEADERS_TIMEOUT";
+      this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message, timedOut }, "request failed");
+      const rid = (e as { rpcId?: string | number }).rpcId ?? null;
+      if (!res.headersSent) sendJson(res, timedOut ? 504 : 502, errorResponse(rid, SERVER_ERROR, timedOut ? "Upstream MCP server timed out" : "Upstream MCP server unavailable"));
       else res.destroy();
     }
+  }
+
+  /** A message refused before any session or policy work: logged and answered, never forwarded. */
+  #refuse(res: ServerResponse, caller: Caller, status: number, code: number, message: string): void {
+    this.#o.audit.record({ identity: caller.id, session: null, method: "(unparsed)", decision: "deny", rule: null, reason: message, decisionUs: 0, transport: "streamable-http" });
+    sendJson(res, status, errorResponse(null, code, message));
   }
 
   #sameOrigin(origin: string, host: string | undefined): boolean {
@@ -137,16 +153,43 @@ export class StreamableHttpEdge {
   }
 
   async #post(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
-    const body = await readBody(req, this.#o.maxBodyBytes);
+    const body = await readBody(req, this.#o.limits.maxBodyBytes);
     let parsed: unknown;
+    let text: string;
     try {
-      parsed = JSON.parse(body.toString("utf8"));
+      text = new TextDecoder("utf-8", { fatal: true }).decode(body);
     } catch {
-      return sendJson(res, 400, errorResponse(null, PARSE_ERROR, "Parse error: the body is not valid JSON"));
+      return this.#refuse(res, caller, 400, PARSE_ERROR, "Parse error: the body is not valid UTF-8");
+    }
+    const unsafe = scanJson(text, this.#o.limits.maxMessageDepth);
+    if (unsafe) return this.#refuse(res, caller, 400, INVALID_REQUEST, `Invalid Request: ${unsafe}`);
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return this.#refuse(res, caller, 400, PARSE_ERROR, "Parse error: the body is not valid JSON");
     }
     const found = this.#session(req, caller);
     if (found === null) return sendJson(res, 404, errorResponse(null, SESSION_NOT_FOUND, "Session not found"));
     const isInit = !Array.isArray(parsed) && found === "stateless" && (parsed as any)?.method === "initialize";
+    if (isInit && this.#o.sessions.countOwned(caller.id) >= this.#o.limits.maxSessionsPerIdentity) {
+      // SDK clients rarely DELETE their sessions, so at the cap the identity's least recently used session without an
+      // open stream makes room (memory stays bounded); only when every session is streaming is the new one refused.
+      const victim = this.#o.sessions.oldestIdle(caller.id);
+      if (victim) {
+        this.#o.logger.info({ event: "session_evicted", identity: caller.id, session: victim.upstreamId, limit: this.#o.limits.maxSessionsPerIdentity }, "session limit reached; least recently used session closed");
+        this.#o.sessions.delete(victim.key);
+        if (victim.upstreamId) {
+          void this.#o.upstream
+            .send("DELETE", { "x-mcpmesh-identity": caller.id, "mcp-session-id": victim.upstreamId, "mcp-protocol-version": victim.protocolVersion })
+            .then((r) => r.body.resume())
+            .catch(() => {});
+        }
+      } else {
+        const id = (parsed as { id?: unknown }).id;
+        this.#o.logger.warn({ event: "session_limit", identity: caller.id, limit: this.#o.limits.maxSessionsPerIdentity }, "too many sessions for one identity");
+        return sendJson(res, 429, errorResponse(typeof id === "string" || typeof id === "number" ? id : null, SERVER_ERROR, "Too many sessions for this identity; close one (DELETE) first"));
+      }
+    }
     const protocolHeader = header(req, "mcp-protocol-version");
     const session =
       found !== "stateless" ? found
@@ -182,8 +225,22 @@ export class StreamableHttpEdge {
       expectsResponse = "id" in m && "method" in m;
     }
 
+    // A client that goes away before the upstream answers takes its upstream request with it.
+    const ac = new AbortController();
+    const abort = () => {
+      if (!res.writableFinished) ac.abort();
+    };
+    res.once("close", abort);
     try {
-      const up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body);
+      let up: UpstreamResponse;
+      try {
+        up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body, ac.signal);
+      } catch (e) {
+        // The error reply answers the request by its id (a batch or a notification gets null).
+        const rid = Array.isArray(parsed) ? undefined : (parsed as { id?: unknown }).id;
+        if (typeof rid === "string" || typeof rid === "number") (e as { rpcId?: unknown }).rpcId = rid;
+        throw e;
+      }
       if (isInit && up.status >= 200 && up.status < 300) {
         const sid = up.headers["mcp-session-id"];
         if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);

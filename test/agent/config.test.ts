@@ -314,6 +314,7 @@ test("JSON files load too, and the pin file defaults next to the config", () => 
     file,
     JSON.stringify({
       listen: "0.0.0.0:0",
+      listenAnyAddress: true,
       identity: "/etc/mcpmesh/id",
       ca: "https://127.0.0.1:9443",
       trustDomains: ["example.org"],

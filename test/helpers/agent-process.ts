@@ -19,10 +19,13 @@ export interface AgentProcess {
 }
 
 /** Runs the real `mcpmesh agent run` on a config object written to `dir/agent.yaml`. */
-export async function startAgentProcess(dir: string, config: Record<string, unknown>, opts: { env?: Record<string, string> } = {}): Promise<AgentProcess> {
+export async function startAgentProcess(dir: string, config: Record<string, unknown>, opts: { env?: Record<string, string>; wrap?: string[] } = {}): Promise<AgentProcess> {
   const configFile = join(dir, `agent-${Date.now()}-${Math.random().toString(16).slice(2)}.yaml`);
   writeFileSync(configFile, stringify(config));
-  const child = spawn(process.execPath, [BIN, "agent", "run", "--config", configFile], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MCPMESH_LOG_LEVEL: "debug", ...opts.env } });
+  // `wrap` runs the agent under another command, e.g. ["ip", "netns", "exec", NS] (which execs, keeping the pid).
+  const argv = [process.execPath, BIN, "agent", "run", "--config", configFile];
+  const cmd = opts.wrap ? [...opts.wrap, ...argv] : argv;
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MCPMESH_LOG_LEVEL: "debug", ...opts.env } });
   const logLines: any[] = [];
   const auditLines: any[] = [];
   let stderrText = "";
