@@ -1048,7 +1048,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
   // limits
   const limits: LimitsConfig = { ...DEFAULT_LIMITS, rate: { ...DEFAULT_LIMITS.rate, perClass: {} }, coolDown: DEFAULT_LIMITS.coolDown ? { ...DEFAULT_LIMITS.coolDown } : null };
   if (isObj(raw.limits)) {
-    for (const k of ["maxBodyBytes", "maxArgumentBytes", "maxDepth", "maxStringLength"] as const) {
+    for (const k of ["maxBodyBytes", "maxArgumentBytes", "maxDepth", "maxStringLength", "maxMessageDepth", "maxConnections", "maxConnectionsPerIdentity", "maxSessionsPerIdentity"] as const) {
       const v = raw.limits[k];
       if (typeof v === "number" && Number.isInteger(v) && v >= 1) limits[k] = v;
     }
