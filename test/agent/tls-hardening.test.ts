@@ -9,6 +9,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { connect } from "node:net";
+import { connect as tlsConnect } from "node:tls";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createMesh, type TestMesh } from "../helpers/mesh.ts";
@@ -101,6 +102,24 @@ test("with TLS 1.2 configured: only ECDHE with AEAD; CBC, RSA key transport and 
   assert.equal((await sClient(portOf(agent12), ["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"])).ok, false);
 });
 
+test("with TLS 1.2 configured, a client-initiated renegotiation is refused and the connection ends", async () => {
+  const socket = tlsConnect({ host: "127.0.0.1", port: portOf(agent12), ca: readFileSync(join(alice, "ca.pem")), cert: readFileSync(join(alice, "cert.pem")), key: readFileSync(join(alice, "key.pem")), minVersion: "TLSv1.2", maxVersion: "TLSv1.2", checkServerIdentity: () => undefined });
+  cleanups.add(() => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    socket.once("secureConnect", resolve);
+    socket.once("error", reject);
+  });
+  assert.equal(socket.getProtocol(), "TLSv1.2");
+  const outcome = await new Promise<string>((resolve) => {
+    socket.on("error", (e) => resolve(`error: ${e.message}`));
+    socket.on("close", () => resolve("closed"));
+    const started = socket.renegotiate({}, (err) => resolve(err ? `error: ${err.message}` : "renegotiated"));
+    if (started === false) resolve("refused locally");
+  });
+  assert.notEqual(outcome, "renegotiated", "the agent accepted a renegotiation");
+  assert.notEqual(outcome, "refused locally", "the probe never asked for a renegotiation");
+});
+
 test("no session is ever resumed: openssl s_client -reconnect makes full handshakes only", async () => {
   for (const [name, port, args] of [["agent TLS 1.3", portOf(agent13), ["-tls1_3"]], ["agent TLS 1.2", portOf(agent12), ["-tls1_2"]], ["CA", caPort, []]] as const) {
     const r = await sClient(port, ["-reconnect", ...args]);
@@ -155,6 +174,10 @@ function assertHardened(name: string, f: Finding[], tls12: boolean): void {
   assert.deepEqual(bad, [], `${name}: testssl findings rated HIGH/CRITICAL`);
   for (const id of ["heartbleed", "CCS", "ROBOT", "CRIME_TLS", "POODLE_SSL", "SWEET32", "FREAK", "LOGJAM", "BEAST", "LUCKY13", "RC4", "secure_client_renego"]) {
     const x = byId.get(id);
+    // With Node 24's OpenSSL, testssl cannot attempt a client-initiated renegotiation on a listener that requests a
+    // client certificate and reports WARN "client x509-based authentication prevents this from being tested": not a
+    // finding. Renegotiation is refused by SSL_OP_NO_RENEGOTIATION, which the renegotiation test above exercises.
+    if (x && id === "secure_client_renego" && x.severity === "WARN" && /prevents this from being tested/.test(x.finding)) continue;
     if (x) assert.equal(x.severity, "OK", `${name}: ${id}: ${x.finding}`);
   }
 }
