@@ -13,19 +13,18 @@
  * With --profile the agent runs under --cpu-prof and the top functions by self time are printed; with
  * BENCH_PROFILE_DIR=DIR the .cpuprofile files are also kept there (open them in Chrome DevTools).
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { stringify } from "yaml";
-import { cpus, tmpdir } from "node:os";
+import { cpus } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { Agent as UndiciAgent, Pool, fetch as undiciFetch, type Dispatcher } from "undici";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { LATEST_PROTOCOL_VERSION } from "@modelcontextprotocol/sdk/types.js";
-import { createMesh } from "../test/helpers/mesh.ts";
 import { createMeshFetch } from "../identity/fetch.ts";
 import { loadIdentity } from "../identity/store.ts";
-import { Cleanup, flag, fmt, intSetting, processCpuMs, startNode, summarize, table, type Stats } from "./lib.ts";
+import { Cleanup, flag, startBenchMesh, fmt, intSetting, processCpuMs, startNode, summarize, table, type Stats } from "./lib.ts";
 
 const CLIENTS = Math.max(1, intSetting("clients", "BENCH_CLIENTS", 8));
 const CALLS = Math.max(1, intSetting("calls", "BENCH_CALLS", 3000));
@@ -268,15 +267,7 @@ function printProfile(dir: string): void {
 async function main(): Promise<void> {
   console.log(`node ${process.version}, ${cpus().length} CPUs (${cpus()[0]?.model ?? "?"}); ${CLIENTS} concurrent clients, ${WARMUP} warm-up + ${CALLS} measured calls per mode; tool read-note`);
 
-  const tmp = mkdtempSync(join(tmpdir(), "mcpmesh-bench-"));
-  cleanup.add(() => rmSync(tmp, { recursive: true, force: true }));
-  const mesh = await createMesh();
-  cleanup.add(() => mesh.close());
-  const agentDir = await mesh.issue("bench/agent", { kind: "agent" });
-  const clientDir = await mesh.issue("bench/client", { kind: "client" });
-
-  const upstream = await startNode(["--import", "tsx", "examples/notes-server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
-  cleanup.add(() => upstream.stop());
+  const { tmp, agentDir, clientDir, upstream } = await startBenchMesh(cleanup, "mcpmesh-bench-");
   const upstreamUrl = upstream.ready;
   pids.upstream = upstream.child.pid;
 

@@ -180,3 +180,22 @@ export function processCpuMs(pid: number | undefined): number | undefined {
   }
 }
 const CLOCK_TICKS = 100;
+
+/**
+ * What every agent benchmark starts from: a temp dir, a throwaway mesh with an agent and a client identity, and the
+ * notes MCP server in its own process. Everything is registered with `cleanup`.
+ */
+export async function startBenchMesh(cleanup: Cleanup, prefix: string): Promise<{ tmp: string; agentDir: string; clientDir: string; upstream: Child }> {
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { createMesh } = await import("../test/helpers/mesh.ts");
+  const tmp = mkdtempSync(join(tmpdir(), prefix));
+  cleanup.add(() => rmSync(tmp, { recursive: true, force: true }));
+  const mesh = await createMesh();
+  cleanup.add(() => mesh.close());
+  const agentDir = await mesh.issue("bench/agent", { kind: "agent" });
+  const clientDir = await mesh.issue("bench/client", { kind: "client" });
+  const upstream = await startNode(["--import", "tsx", "examples/notes-server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
+  cleanup.add(() => upstream.stop());
+  return { tmp, agentDir, clientDir, upstream };
+}

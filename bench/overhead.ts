@@ -10,17 +10,16 @@
  * admin listener and its metrics, alerts, the hash-chained audit file). C connections (raw undici Pool over mTLS, one
  * session each) POST a prebuilt tools/call; the two agents are measured in alternating rounds so drift falls on both.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
+import { readFileSync, writeFileSync } from "node:fs";
+import { cpus } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { stringify } from "yaml";
 import { Pool } from "undici";
 import { LATEST_PROTOCOL_VERSION } from "@modelcontextprotocol/sdk/types.js";
-import { createMesh } from "../test/helpers/mesh.ts";
 import { loadIdentity } from "../identity/store.ts";
 import { verifyAuditFiles } from "../agent/audit.ts";
-import { Cleanup, fmt, intSetting, processCpuMs, startNode, summarize, table, type Stats } from "./lib.ts";
+import { Cleanup, startBenchMesh, fmt, intSetting, processCpuMs, startNode, summarize, table, type Stats } from "./lib.ts";
 
 const CLIENTS = Math.max(1, intSetting("clients", "BENCH_CLIENTS", 8));
 const CALLS = Math.max(1, intSetting("calls", "BENCH_CALLS", 4000));
@@ -73,14 +72,7 @@ async function drive(calls: Call[], total: number): Promise<{ latencies: number[
 
 async function main(): Promise<void> {
   console.log(`node ${process.version}, ${cpus().length} CPUs; ${CLIENTS} connections, ${WARMUP} warm-up + ${CALLS} measured calls per agent; tool read-note`);
-  const tmp = mkdtempSync(join(tmpdir(), "mcpmesh-ovh-"));
-  cleanup.add(() => rmSync(tmp, { recursive: true, force: true }));
-  const mesh = await createMesh();
-  cleanup.add(() => mesh.close());
-  const agentDir = await mesh.issue("bench/agent", { kind: "agent" });
-  const clientDir = await mesh.issue("bench/client", { kind: "client" });
-  const upstream = await startNode(["--import", "tsx", "examples/notes-server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
-  cleanup.add(() => upstream.stop());
+  const { tmp, agentDir, clientDir, upstream } = await startBenchMesh(cleanup, "mcpmesh-ovh-");
 
   const common = {
     listen: "127.0.0.1:0",

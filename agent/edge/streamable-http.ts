@@ -31,6 +31,9 @@ const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-contr
 
 class BodyTooLarge extends Error {}
 
+/** One strict decoder for every body (it keeps no state between calls without `stream`). */
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"] ?? "-1");
   if (declared > limit) return Promise.reject(new BodyTooLarge());
@@ -157,7 +160,7 @@ export class StreamableHttpEdge {
     let parsed: unknown;
     let text: string;
     try {
-      text = new TextDecoder("utf-8", { fatal: true }).decode(body);
+      text = UTF8.decode(body);
     } catch {
       return this.#refuse(res, caller, 400, PARSE_ERROR, "Parse error: the body is not valid UTF-8");
     }
