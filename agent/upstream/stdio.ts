@@ -77,6 +77,7 @@ export class StdioConnector implements UpstreamConnector {
   readonly #env: Record<string, string>;
   readonly #channels = new Set<StdioChannel>();
   readonly #stderr: StderrGate;
+  #closed = false;
 
   constructor(opts: StdioConnectorOptions) {
     if (opts.command.length === 0 || opts.command[0] === "") throw new UpstreamError("upstream.command: the program must not be empty");
@@ -86,6 +87,7 @@ export class StdioConnector implements UpstreamConnector {
   }
 
   open(ctx: { identity: string; sessionId: string }): Transport {
+    if (this.#closed) throw new UpstreamError("the stdio upstream connector is closed");
     const ch: StdioChannel = new StdioChannel({
       command: this.#opts.command,
       env: this.#env,
@@ -107,6 +109,7 @@ export class StdioConnector implements UpstreamConnector {
   }
 
   async close(): Promise<void> {
+    this.#closed = true;
     await Promise.allSettled([...this.#channels].map((c) => c.close()));
     this.#stderr.flush();
   }
@@ -301,18 +304,23 @@ class StdioChannel implements Transport {
 
   async #stop(): Promise<void> {
     const child = this.#child;
-    this.#finish();
-    if (child) await terminate(child, this.#o.killGraceMs);
+    this.#finish(false);
+    // The connector keeps the channel until its child is gone, so the connector's close() waits for it too.
+    try {
+      if (child) await terminate(child, this.#o.killGraceMs);
+    } finally {
+      this.#o.forget();
+    }
   }
 
-  /** Marks the channel closed (once) and tells the caller. */
-  #finish(): void {
+  /** Marks the channel closed (once) and tells the caller; `forget` when no child is left to wait for. */
+  #finish(forget = true): void {
     if (this.#state === "closed") return;
     this.#state = "closed";
     clearTimeout(this.#restartTimer);
     clearTimeout(this.#replayTimer);
     this.#queue = [];
-    this.#o.forget();
+    if (forget) this.#o.forget();
     this.onclose?.();
   }
 
