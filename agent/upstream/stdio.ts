@@ -95,7 +95,7 @@ export class StdioConnector implements UpstreamConnector {
       restart: this.#opts.restart,
       timeoutMs: this.#opts.timeoutMs,
       killGraceMs: this.#opts.killGraceMs ?? 2000,
-      logger: this.#opts.logger.child({ upstream: "stdio", session: ctx.sessionId, identity: ctx.identity }),
+      logger: this.#opts.logger.child({ session: ctx.sessionId, identity: ctx.identity }),
       stderr: this.#stderr,
       forget: () => this.#channels.delete(ch),
     });

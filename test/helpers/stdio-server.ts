@@ -113,6 +113,8 @@ async function main(): Promise<void> {
   if (process.env.MCPMESH_TEST_IGNORE_SIGTERM === "1") {
     // A stubborn server: only SIGKILL stops it.
     process.on("SIGTERM", () => process.stderr.write("stdio-server: ignoring SIGTERM\n"));
+    // Stays up even once stdin is closed and nothing else is pending.
+    setInterval(() => {}, 1 << 30);
   } else {
     // A stdio server lives as long as its client: stdin closed means the agent is gone.
     process.stdin.on("end", () => process.exit(0));
