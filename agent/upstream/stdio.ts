@@ -37,6 +37,8 @@ export interface StdioConnectorOptions {
   /** SIGTERM, then SIGKILL after this long. Default 2 s. */
   killGraceMs?: number;
   stderr?: Partial<StderrLimits>;
+  /** A stdout line longer than this kills the child (it is broken). Default MAX_STDOUT_LINE_BYTES. */
+  maxStdoutLineBytes?: number;
   /** The environment DEFAULT_INHERITED_ENV and inheritEnv read from. Default process.env. */
   baseEnv?: NodeJS.ProcessEnv;
 }
@@ -95,6 +97,7 @@ export class StdioConnector implements UpstreamConnector {
       restart: this.#opts.restart,
       timeoutMs: this.#opts.timeoutMs,
       killGraceMs: this.#opts.killGraceMs ?? 2000,
+      maxStdoutLineBytes: this.#opts.maxStdoutLineBytes ?? MAX_STDOUT_LINE_BYTES,
       logger: this.#opts.logger.child({ session: ctx.sessionId, identity: ctx.identity }),
       stderr: this.#stderr,
       forget: () => this.#channels.delete(ch),
@@ -216,6 +219,7 @@ interface ChannelOptions {
   restart: RestartConfig;
   timeoutMs: number;
   killGraceMs: number;
+  maxStdoutLineBytes: number;
   logger: Logger;
   stderr: StderrGate;
   forget: () => void;
@@ -266,7 +270,6 @@ class StdioChannel implements Transport {
       this.#finish();
       throw e;
     }
-    this.#state = "running";
   }
 
   async send(message: JSONRPCMessage): Promise<void> {
@@ -343,7 +346,7 @@ class StdioChannel implements Transport {
     this.#child = child;
     this.#serverRequests = new Set();
     const log = this.#o.logger;
-    const out = new LineSplitter(MAX_STDOUT_LINE_BYTES, (line) => this.#fromChild(child, line), (bytes) => {
+    const out = new LineSplitter(this.#o.maxStdoutLineBytes, (line) => this.#fromChild(child, line), (bytes) => {
       log.error({ event: "upstream_stdout_overflow", pid: child.pid, bytes }, "upstream wrote an over-long line to stdout; killing it");
       killGroup(child, "SIGKILL");
     });
@@ -367,6 +370,8 @@ class StdioChannel implements Transport {
       child.once("spawn", () => {
         spawned = true;
         this.#startedAt = Date.now();
+        // The state moves on in the same tick as the spawn: a message sent right after sees the new child.
+        this.#spawned(child);
         log.info({ event: "upstream_spawn", pid: child.pid, command: prog }, "upstream process started");
         resolve();
       });
@@ -446,18 +451,18 @@ class StdioChannel implements Transport {
   async #restart(): Promise<void> {
     if (this.#state !== "down") return;
     this.#startedAt = 0;
-    try {
-      await this.#spawn();
-    } catch {
-      return; // counted as a crash by #spawn's error handler
-    }
-    if ((this.#state as State) === "closed") return;
-    if (!this.#initialize) {
-      this.#state = "running";
+    // A failure to start is counted as a crash by #spawn's error handler.
+    await this.#spawn().catch(() => {});
+  }
+
+  /** A child is up: a first one serves at once; a restarted one first gets the session's initialize replayed. */
+  #spawned(child: ChildProcess): void {
+    if (this.#state === "new" || !this.#initialize) {
+      if (this.#state === "new" || this.#state === "down") this.#state = "running";
       return;
     }
+    if (this.#state !== "down") return;
     this.#state = "replaying";
-    const child = this.#child!;
     this.#replayId = `mcpmesh-replay-${randomUUID()}`;
     const init = { ...(this.#initialize as any), id: this.#replayId };
     this.#replayTimer = setTimeout(() => this.#replayDone(child, "initialize replay timed out"), this.#o.timeoutMs);

@@ -211,6 +211,19 @@ test("stdout that is not JSON-RPC is logged and dropped, never forwarded", async
   assert.equal(seen[0].result.content[0].text, "noisy");
 });
 
+test("a child that writes an over-long stdout line is killed and restarted; its caller gets an error", async (t) => {
+  const s = setup((fn) => t.after(fn), { maxStdoutLineBytes: 100_000, restart: { initialDelayMs: 20 } });
+  const { client, seen } = await connect(s);
+  const pid1 = await pidOf(client);
+  await assert.rejects(client.callTool({ name: "stdout-flood", arguments: { bytes: 300_000 } }), /upstream process was killed by SIGKILL/);
+  const overflow = s.log.events("upstream_stdout_overflow");
+  assert.equal(overflow.length, 1);
+  assert.equal(overflow[0].pid, pid1);
+  assert.ok(!seen.some((m) => JSON.stringify(m).includes("xxxxxxxx")), "nothing of the line was forwarded");
+  await s.log.waitFor((l) => l.event === "upstream_spawn" && l.pid !== pid1, "the restart");
+  assert.notEqual(await pidOf(client), pid1);
+});
+
 test("the child's environment: the default allow-list, inheritEnv and env only — no agent secret", async (t) => {
   process.env.MCPMESH_TEST_AGENT_SECRET = "s3cr3t-token";
   process.env.MCPMESH_TEST_PASSED = "passed-through";
