@@ -12,6 +12,9 @@ import { errorFor, InFlight, isRequest } from "./inflight.ts";
 /** What a stdio child gets from the agent's own environment without being asked: enough to run, no secrets. */
 export const DEFAULT_INHERITED_ENV = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"] as const;
 
+/** Bytes queued for a child's stdin beyond which requests are refused: a child that stops reading cannot grow the agent. */
+export const MAX_STDIN_BUFFER_BYTES = 8 * 1024 * 1024;
+
 /** A stdout line longer than this is a broken child: it is killed (and restarted) rather than buffered further. */
 export const MAX_STDOUT_LINE_BYTES = 64 * 1024 * 1024;
 
@@ -39,6 +42,8 @@ export interface StdioConnectorOptions {
   stderr?: Partial<StderrLimits>;
   /** A stdout line longer than this kills the child (it is broken). Default MAX_STDOUT_LINE_BYTES. */
   maxStdoutLineBytes?: number;
+  /** Default MAX_STDIN_BUFFER_BYTES. */
+  maxStdinBufferBytes?: number;
   /** The environment DEFAULT_INHERITED_ENV and inheritEnv read from. Default process.env. */
   baseEnv?: NodeJS.ProcessEnv;
 }
@@ -98,6 +103,7 @@ export class StdioConnector implements UpstreamConnector {
       timeoutMs: this.#opts.timeoutMs,
       killGraceMs: this.#opts.killGraceMs ?? 2000,
       maxStdoutLineBytes: this.#opts.maxStdoutLineBytes ?? MAX_STDOUT_LINE_BYTES,
+      maxStdinBufferBytes: this.#opts.maxStdinBufferBytes ?? MAX_STDIN_BUFFER_BYTES,
       logger: this.#opts.logger.child({ session: ctx.sessionId, identity: ctx.identity }),
       stderr: this.#stderr,
       forget: () => this.#channels.delete(ch),
@@ -220,6 +226,7 @@ interface ChannelOptions {
   timeoutMs: number;
   killGraceMs: number;
   maxStdoutLineBytes: number;
+  maxStdinBufferBytes: number;
   logger: Logger;
   stderr: StderrGate;
   forget: () => void;
@@ -328,8 +335,14 @@ class StdioChannel implements Transport {
   }
 
   #write(message: JSONRPCMessage): void {
+    const stdin = this.#child?.stdin;
+    if (stdin && stdin.writableLength > this.#o.maxStdinBufferBytes) {
+      this.#o.logger.warn({ event: "upstream_input_full", pid: this.#child?.pid, queuedBytes: stdin.writableLength }, "upstream is not reading its input; message refused");
+      if (isRequest(message)) this.onmessage?.(errorFor(message.id, "upstream is not reading its input"));
+      return;
+    }
     this.#inFlight.sent(message);
-    this.#child?.stdin?.write(JSON.stringify(message) + "\n");
+    stdin?.write(JSON.stringify(message) + "\n");
   }
 
   #spawn(): Promise<void> {

@@ -224,6 +224,19 @@ test("a child that writes an over-long stdout line is killed and restarted; its 
   assert.notEqual(await pidOf(client), pid1);
 });
 
+test("a child that stops reading its stdin: requests beyond the buffer bound get an error instead of piling up", async (t) => {
+  const s = setup((fn) => t.after(fn), { maxStdinBufferBytes: 256 * 1024 });
+  const { channel, client, seen } = await connect(s);
+  assert.equal(text(await client.callTool({ name: "stop-reading", arguments: {} })), "deaf");
+  // Raw requests on the channel (the SDK client would wait for each): 40 KiB each, far more than pipe + bound.
+  const big = "y".repeat(40 * 1024);
+  for (let i = 0; i < 100; i++) await channel.send({ jsonrpc: "2.0", id: `big-${i}`, method: "tools/call", params: { name: "echo", arguments: { text: big } } });
+  const refused = seen.filter((m) => typeof m.id === "string" && m.id.startsWith("big-") && m.error?.message === "upstream is not reading its input");
+  assert.ok(refused.length > 50, `most were refused (${refused.length})`);
+  assert.ok(refused.every((m) => m.error.code === -32603));
+  assert.ok(s.log.events("upstream_input_full").length === refused.length);
+});
+
 test("the child's environment: the default allow-list, inheritEnv and env only — no agent secret", async (t) => {
   process.env.MCPMESH_TEST_AGENT_SECRET = "s3cr3t-token";
   process.env.MCPMESH_TEST_PASSED = "passed-through";

@@ -8,6 +8,7 @@
  * - `stderr {lines, length?}`: writes that many lines of `length` "x" to stderr (rate bounding of the log).
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
  * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
+ * - `stop-reading`: answers, then stops reading stdin (a stuck server).
  * - `release-held`, `change-description {tool, description}`: what startMcpServer offers as methods, as tools here.
  *
  * Environment: `MCPMESH_TEST_RECORD` = a file to which every line received on stdin is appended as one JSON line
@@ -101,6 +102,11 @@ async function main(): Promise<void> {
     async ({ bytes }) => {
       process.stdout.write("x".repeat(bytes));
       return { content: [{ type: "text", text: "flooded" }] };
+    });
+  server.registerTool("stop-reading", { description: "Stops reading stdin (after answering)", inputSchema: {} },
+    async () => {
+      setImmediate(() => process.stdin.pause());
+      return { content: [{ type: "text", text: "deaf" }] };
     });
   server.registerTool("release-held", { description: "Releases every held call", inputSchema: {} },
     async () => {
