@@ -91,9 +91,10 @@ export class LegacySseEdge {
         if (open) res.write(formatSseEvent({ event: "message", data: JSON.stringify(m) }));
       },
       onEnd: () => {
-        open = false;
         this.#streams.delete(bridge!.id);
-        res.end();
+        // Before the stream started (the upstream channel failed to open) the caller answers with an error instead.
+        if (open && res.headersSent) res.end();
+        open = false;
       },
     });
     if (!bridge) {
