@@ -112,8 +112,9 @@ export class LegacySseEdge {
     res.write(formatSseEvent({ event: "endpoint", data: `${messagePath}?sessionId=${encodeURIComponent(bridge.id)}` }));
     const keepalive = setInterval(() => res.write(": keepalive\n\n"), KEEPALIVE_MS);
     keepalive.unref();
-    // While the stream is open the session is busy (never evicted as idle); dropping the session drops the stream.
-    const closer = () => res.destroy();
+    // While the stream is open the session is busy (never evicted as idle); dropping the session ends the stream —
+    // gracefully, so the errors answering calls in flight still reach the client (revocation destroys the socket).
+    const closer = () => res.end();
     bridge.session.closers.add(closer);
     res.on("close", () => {
       clearInterval(keepalive);

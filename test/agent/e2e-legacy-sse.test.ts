@@ -3,7 +3,8 @@
  * front of a legacy SSE upstream (the SDK's SSEServerTransport). The endpoint event names the agent's own message
  * path, never the upstream's; POSTs are answered 202 and every answer, denials included, arrives on the client's
  * stream; a session is bound to the identity that opened it; bad input on the message path is refused the way the
- * Streamable HTTP edge refuses it; revoking the certificate closes the stream within a second.
+ * Streamable HTTP edge refuses it; revoking the certificate closes the stream within a second; an upstream that drops
+ * its stream gets the calls in flight answered with an error and the client's stream ended.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -44,7 +45,7 @@ before(async () => {
     upstream: { sse: up.url },
     limits: { maxBodyBytes: 4096, maxArgumentBytes: 2048, maxMessageDepth: 16 },
     rules: [
-      { id: "team-a", clients: [`${TD}/team-a/*`], tools: ["echo", "slow-count"] },
+      { id: "team-a", clients: [`${TD}/team-a/*`], tools: ["echo", "slow-count", "hold"] },
       { id: "no-delete", clients: ["*"], tools: ["delete-*"], effect: "deny" },
     ],
     pinning: { file: join(mesh.dir, "pins-sse.json") },
@@ -183,4 +184,17 @@ test("revoking the certificate closes the SSE stream within a second; the sessio
   await agent.waitForLog((l) => l.event === "sessions_revoked" && l.identity === `${TD}/team-a/eve`);
   await assert.rejects(s.post(call("echo", { text: "after revocation" })));
   assert.ok(!up.received.some((r) => r.body.includes("after revocation")));
+});
+
+test("the upstream drops its stream: the call in flight is answered with an error and the client's stream ends", async () => {
+  const s = await session("team-a/alice");
+  const h = call("hold", {});
+  assert.equal((await s.post(h)).status, 202);
+  while (up.held() === 0) await new Promise((r) => setTimeout(r, 20));
+  up.dropStreams();
+  const answer = await s.inbox.reply(h.id);
+  assert.ok(answer.error, JSON.stringify(answer));
+  assert.ok(answer.error.code === -32000 || answer.error.code === -32603, JSON.stringify(answer));
+  await s.ended;
+  up.releaseHeld();
 });
