@@ -103,19 +103,19 @@ export interface UpstreamConfig {
 }
 
 /**
- * How the agent restarts a crashed stdio upstream. Delays grow exponentially from `initialDelayMs` to `maxDelayMs`
- * (each with up to 50% random jitter); a child that stays up `stableAfterMs` resets the count. After `maxCrashes`
- * consecutive crashes the channel gives up and closes; 0 means never restart.
- * Config: `restart: { initialDelay: 100ms, maxDelay: 30s, maxCrashes: 5, stableAfter: 10s }` (the defaults).
+ * How the agent restarts a crashed stdio upstream. The n-th consecutive restart waits min(maxDelay,
+ * initialDelay·2^(n-1)), less up to 50% random jitter; a child that stays up `stableAfterMs` resets n. A crash after
+ * `maxRestarts` consecutive restarts makes the channel give up and close; 0 means never restart.
+ * Config: `restart: { initialDelay: 100ms, maxDelay: 30s, maxRestarts: 5, stableAfter: 10s }` (the defaults).
  */
 export interface RestartConfig {
   initialDelayMs: number;
   maxDelayMs: number;
-  maxCrashes: number;
+  maxRestarts: number;
   stableAfterMs: number;
 }
 
-export const DEFAULT_RESTART: RestartConfig = { initialDelayMs: 100, maxDelayMs: 30_000, maxCrashes: 5, stableAfterMs: 10_000 };
+export const DEFAULT_RESTART: RestartConfig = { initialDelayMs: 100, maxDelayMs: 30_000, maxRestarts: 5, stableAfterMs: 10_000 };
 
 /** A token bucket: `limit` calls per `periodMs`, refilled continuously; a burst of up to `limit`. Config `"100/m"`. */
 export interface RateSpec {
@@ -451,7 +451,7 @@ const CONFIG_SCHEMA = {
           properties: {
             initialDelay: { type: "string", minLength: 1 },
             maxDelay: { type: "string", minLength: 1 },
-            maxCrashes: { type: "integer", minimum: 0, maximum: 1000 },
+            maxRestarts: { type: "integer", minimum: 0, maximum: 1000 },
             stableAfter: { type: "string", minLength: 1 },
           },
         },
@@ -993,7 +993,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
         if (stable < 100) add("upstream.restart.stableAfter", "must be at least 100ms (a child must stay up that long to count as recovered)");
         else r.stableAfterMs = stable;
       }
-      if (typeof up.restart.maxCrashes === "number" && Number.isInteger(up.restart.maxCrashes)) r.maxCrashes = up.restart.maxCrashes;
+      if (typeof up.restart.maxRestarts === "number" && Number.isInteger(up.restart.maxRestarts)) r.maxRestarts = up.restart.maxRestarts;
     }
     if (isStr(up.cwd)) upstream.cwd = resolvePath(baseDir, up.cwd);
     if (isStr(up.socket)) {

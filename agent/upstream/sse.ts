@@ -50,7 +50,7 @@ export class SseConnector implements UpstreamConnector {
       fetch: fetchImpl,
       requestInit: { headers: { "x-mcpmesh-identity": ctx.identity } },
     });
-    const ch = new SseChannel(inner, this.#logger.child({ upstream: "sse", session: ctx.sessionId }), () => this.#channels.delete(ch));
+    const ch = new SseChannel(inner, this.#logger.child({ session: ctx.sessionId, identity: ctx.identity }), () => this.#channels.delete(ch));
     this.#channels.add(ch);
     return ch;
   }

@@ -12,7 +12,7 @@
  * Environment: `MCPMESH_TEST_RECORD` = a file to which every line received on stdin is appended as one JSON line
  * (the parsed message, or `{"unparsed": line}`), so tests prove nothing denied reached it;
  * `MCPMESH_TEST_CRASH_IF` = a file path: if that file exists when the process starts, it exits at once with code 3
- * (a crash loop the test can switch on and off).
+ * (a crash loop the test can switch on and off); `MCPMESH_TEST_IGNORE_SIGTERM=1`: SIGTERM and stdin EOF are ignored.
  */
 import { appendFileSync, existsSync, readFileSync } from "node:fs";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -24,9 +24,9 @@ import { buildTestServer, newToolState, releaseHeld, TEST_SERVER_INFO, TEST_SERV
 /** The path of this script. */
 export const STDIO_SERVER_SCRIPT = fileURLToPath(import.meta.url);
 
-/** `upstream.command` that runs this fixture: the current node with tsx. */
+/** `upstream.command` that runs this fixture: the current node with tsx (by absolute URL: any cwd works). */
 export function stdioServerCommand(): string[] {
-  return [process.execPath, "--import", "tsx", STDIO_SERVER_SCRIPT];
+  return [process.execPath, "--import", import.meta.resolve("tsx"), STDIO_SERVER_SCRIPT];
 }
 
 /** Everything the fixture processes recorded in `file` (all processes append to the same file). */
@@ -110,8 +110,15 @@ async function main(): Promise<void> {
     });
 
   const transport = new StdioServerTransport();
-  // A stdio server lives as long as its client: stdin closed means the agent is gone.
-  process.stdin.on("end", () => process.exit(0));
+  if (process.env.MCPMESH_TEST_IGNORE_SIGTERM === "1") {
+    // A stubborn server: only SIGKILL stops it.
+    process.on("SIGTERM", () => process.stderr.write("stdio-server: ignoring SIGTERM\n"));
+    // Stays up even once stdin is closed and nothing else is pending.
+    setInterval(() => {}, 1 << 30);
+  } else {
+    // A stdio server lives as long as its client: stdin closed means the agent is gone.
+    process.stdin.on("end", () => process.exit(0));
+  }
   await server.connect(transport);
   process.stderr.write(`stdio-server: started pid=${process.pid}\n`);
 }
