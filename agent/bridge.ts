@@ -104,7 +104,7 @@ function isRequestLike(m: unknown): m is { id: JsonRpcId; method: string } {
 export class SessionBridge {
   readonly session: Session;
   readonly #o: BridgeOptions;
-  readonly #channel: Transport;
+  #channel!: Transport;
   readonly #inflight = new Map<string, InFlight>();
   readonly #internal = new Map<string, { resolve: (m: JsonRpcResponse) => void; timer: NodeJS.Timeout }>();
   readonly #serverRequests = new Set<string>();
@@ -114,10 +114,6 @@ export class SessionBridge {
     this.#o = o;
     this.session = session;
     session.ended = () => this.close("session ended");
-    this.#channel = o.connector.open({ identity: o.caller.id, sessionId: session.key });
-    this.#channel.onmessage = (m) => this.#fromServer(m as JsonRpcMessage);
-    this.#channel.onerror = (e) => o.logger.warn({ event: "upstream_channel_error", identity: o.caller.id, session: session.key, reason: e.message }, "upstream channel error");
-    this.#channel.onclose = () => this.close("upstream channel closed");
   }
 
   /**
@@ -144,8 +140,15 @@ export class SessionBridge {
     return this.#ended;
   }
 
+  /** Opens and starts the upstream channel; on failure the session is gone and the error is thrown. */
   async start(): Promise<void> {
+    const o = this.#o;
+    const session = this.session;
     try {
+      this.#channel = o.connector.open({ identity: o.caller.id, sessionId: session.key });
+      this.#channel.onmessage = (m) => this.#fromServer(m as JsonRpcMessage);
+      this.#channel.onerror = (e) => o.logger.warn({ event: "upstream_channel_error", identity: o.caller.id, session: session.key, reason: e.message }, "upstream channel error");
+      this.#channel.onclose = () => this.close("upstream channel closed");
       await this.#channel.start();
     } catch (e) {
       this.close(`upstream channel failed to start: ${(e as Error).message}`);
@@ -334,7 +337,7 @@ export class SessionBridge {
     }
     this.#internal.clear();
     this.#o.logger.debug({ event: "bridge_closed", identity: this.#o.caller.id, session: this.session.key, transport: this.#o.transport, reason }, "session bridge closed");
-    void this.#channel.close().catch(() => {});
+    if (this.#channel) void this.#channel.close().catch(() => {});
     this.#o.sessions.delete(this.session.key);
     this.#o.onEnd(reason);
   }

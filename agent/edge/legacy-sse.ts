@@ -91,9 +91,10 @@ export class LegacySseEdge {
         if (open) res.write(formatSseEvent({ event: "message", data: JSON.stringify(m) }));
       },
       onEnd: () => {
-        open = false;
         this.#streams.delete(bridge!.id);
-        res.end();
+        // Before the stream started (the upstream channel failed to open) the caller answers with an error instead.
+        if (open && res.headersSent) res.end();
+        open = false;
       },
     });
     if (!bridge) {
@@ -111,8 +112,9 @@ export class LegacySseEdge {
     res.write(formatSseEvent({ event: "endpoint", data: `${messagePath}?sessionId=${encodeURIComponent(bridge.id)}` }));
     const keepalive = setInterval(() => res.write(": keepalive\n\n"), KEEPALIVE_MS);
     keepalive.unref();
-    // While the stream is open the session is busy (never evicted as idle); dropping the session drops the stream.
-    const closer = () => res.destroy();
+    // While the stream is open the session is busy (never evicted as idle); dropping the session ends the stream —
+    // gracefully, so the errors answering calls in flight still reach the client (revocation destroys the socket).
+    const closer = () => res.end();
     bridge.session.closers.add(closer);
     res.on("close", () => {
       clearInterval(keepalive);

@@ -234,7 +234,7 @@ export class StreamableMessageEdge {
     conn.get = res;
     for (const chunk of conn.queue) res.write(chunk);
     conn.queue = [];
-    const closer = () => res.destroy();
+    const closer = () => res.end();
     conn.bridge.session.closers.add(closer);
     res.on("close", () => {
       conn.bridge.session.closers.delete(closer);

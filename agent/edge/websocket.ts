@@ -91,7 +91,8 @@ export class WebSocketEdge {
     if (socket.destroyed) return bridge.close("client went away during the upgrade");
     this.#wss.handleUpgrade(req, socket, head, (sock) => {
       ws = sock;
-      const closer = () => sock.terminate();
+      // A closing handshake, not a reset: answers already queued go first (revocation destroys the socket anyway).
+      const closer = () => sock.close(1000, "session ended");
       bridge.session.closers.add(closer);
       // Frames are decided one after another, so the upstream sees them in the order they were sent.
       let queue: Promise<void> = Promise.resolve();
