@@ -8,6 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { DEFAULT_RESTART, type RestartConfig } from "../../agent/config.ts";
@@ -299,4 +300,25 @@ test("a command that cannot be started: start() fails with a MeshError naming it
   assert.throws(() => createMessageConnector(base, { logger: log.logger }), MeshError);
   assert.equal(createMessageConnector({ ...base, command: ["x"] }, { logger: log.logger }).kind, "stdio");
   assert.equal(createMessageConnector({ ...base, sse: "http://127.0.0.1:1/sse" }, { logger: log.logger }).kind, "sse");
+});
+
+test("a third-party stdio server (@modelcontextprotocol/server-filesystem) behind the connector, restarted after a kill", async (t) => {
+  const root = tmpdir((fn) => t.after(fn), "mcpmesh-fs-");
+  writeFileSync(join(root, "hello.txt"), "hello from disk\n");
+  const bin = fileURLToPath(import.meta.resolve("@modelcontextprotocol/server-filesystem/dist/index.js"));
+  const s = setup((fn) => t.after(fn), { command: [process.execPath, bin, root], restart: { initialDelayMs: 20 } });
+  const { client } = await connect(s);
+  const tools = (await client.listTools()).tools.map((x) => x.name);
+  assert.ok(tools.includes("read_text_file") || tools.includes("read_file"), tools.join(","));
+  const read = tools.includes("read_text_file") ? "read_text_file" : "read_file";
+  const r1 = await client.callTool({ name: read, arguments: { path: join(root, "hello.txt") } });
+  assert.match(text(r1), /hello from disk/);
+  // Killed from outside (OOM killer, operator): the next call after the restart works in the same session.
+  const [pid] = s.connector.pids();
+  process.kill(pid, "SIGKILL");
+  const respawn = await s.log.waitFor((l) => l.event === "upstream_spawn" && l.pid !== pid, "the restart");
+  await s.log.waitFor((l) => l.event === "upstream_replay_initialize" && l.pid === respawn.pid, "the replay");
+  const r2 = await client.callTool({ name: read, arguments: { path: join(root, "hello.txt") } });
+  assert.match(text(r2), /hello from disk/);
+  assert.equal(s.log.events("upstream_exit")[0].signal, "SIGKILL");
 });
