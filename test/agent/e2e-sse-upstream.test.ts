@@ -59,7 +59,9 @@ test("an upstream that drops its stream: the call in flight gets an error, not a
   const alice = await connectClient(agent.url, aliceDir);
   t.after(() => alice.close());
   const held = rejection(alice.client.callTool({ name: "hold", arguments: {} }));
-  while (up.held() === 0) await new Promise((r) => setTimeout(r, 20));
+  for (const deadline = Date.now() + 60_000; up.held() === 0; await new Promise((r) => setTimeout(r, 20))) {
+    if (Date.now() > deadline) throw new Error("the hold call never reached the upstream");
+  }
   up.dropStreams();
   const e = await held;
   assert.equal(e.code, -32603);

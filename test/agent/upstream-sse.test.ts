@@ -172,7 +172,9 @@ test("an upstream that drops the stream: in-flight requests get errors, the chan
   const { c, log } = connector((fn) => t.after(fn), up.url);
   const { client, closed } = await connect(c);
   const held = client.callTool({ name: "hold", arguments: {} });
-  while (up.held() === 0) await new Promise((r) => setTimeout(r, 10));
+  for (const deadline = Date.now() + 60_000; up.held() === 0; await new Promise((r) => setTimeout(r, 10))) {
+    if (Date.now() > deadline) throw new Error("the hold call never reached the upstream");
+  }
   up.dropStreams();
   await assert.rejects(held, (e: any) => {
     assert.equal(e.code, -32603);

@@ -28,9 +28,13 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Waits until `pid` is gone (the caller bounds the wait with the test timeout). */
+/** Waits until `pid` is gone; fails after a generous minute. */
 async function gone(pid: number): Promise<void> {
-  while (alive(pid)) await new Promise((r) => setTimeout(r, 20));
+  const deadline = Date.now() + 60_000;
+  while (alive(pid)) {
+    if (Date.now() > deadline) throw new Error(`process ${pid} still alive`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 interface Setup {
