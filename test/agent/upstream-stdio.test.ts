@@ -10,6 +10,7 @@ import { writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { DEFAULT_RESTART, type RestartConfig } from "../../agent/config.ts";
 import { StdioConnector, childEnvironment, type StdioConnectorOptions } from "../../agent/upstream/stdio.ts";
@@ -98,6 +99,27 @@ test("initialize, list and call through a stdio child; one child per session", a
   const rec = readStdioRecord(s.record);
   assert.deepEqual(rec.rpcMethods.filter((m) => m === "initialize").length, 2);
   assert.ok(rec.toolCalls.includes("add"));
+});
+
+test("server → client requests (sampling) reach the session's own client, and its answer the child that asked", async (t) => {
+  const s = setup((fn) => t.after(fn));
+  const sessions = await Promise.all(
+    ["alice", "bob"].map(async (who) => {
+      const channel = s.connector.open({ identity: `spiffe://example.org/${who}`, sessionId: who });
+      const client = new Client({ name: who, version: "1.0.0" }, { capabilities: { sampling: {} } });
+      const asked: string[] = [];
+      client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
+        const c = req.params.messages[0].content as { type: string; text: string };
+        asked.push(c.text);
+        return { model: "test", role: "assistant", content: { type: "text", text: `${who} answers ${c.text}` } };
+      });
+      await client.connect(channel);
+      return { who, client, asked };
+    }),
+  );
+  const answers = await Promise.all(sessions.map(({ who, client }) => client.callTool({ name: "sample", arguments: { prompt: `q-${who}` } })));
+  assert.deepEqual(answers.map(text), ["alice answers q-alice", "bob answers q-bob"]);
+  assert.deepEqual(sessions.map((x) => x.asked), [["q-alice"], ["q-bob"]]);
 });
 
 test("a child that crashes mid-call: the caller gets an error, the child is restarted, the next call works in the same session", async (t) => {

@@ -9,6 +9,7 @@
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
  * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
  * - `stop-reading`: answers, then stops reading stdin (a stuck server).
+ * - `sample {prompt}`: sends the client a sampling request (sampling/createMessage) and returns its text.
  * - `release-held`, `change-description {tool, description}`: what startMcpServer offers as methods, as tools here.
  *
  * Environment: `MCPMESH_TEST_RECORD` = a file to which every line received on stdin is appended as one JSON line
@@ -107,6 +108,11 @@ async function main(): Promise<void> {
     async () => {
       setImmediate(() => process.stdin.pause());
       return { content: [{ type: "text", text: "deaf" }] };
+    });
+  server.registerTool("sample", { description: "Asks the client to sample (server → client request)", inputSchema: { prompt: z.string() } },
+    async ({ prompt }) => {
+      const r = await server.server.createMessage({ messages: [{ role: "user", content: { type: "text", text: prompt } }], maxTokens: 16 });
+      return { content: [{ type: "text", text: r.content.type === "text" ? r.content.text : `(${r.content.type})` }] };
     });
   server.registerTool("release-held", { description: "Releases every held call", inputSchema: {} },
     async () => {
