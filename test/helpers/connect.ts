@@ -2,6 +2,7 @@
  * The real `mcpmesh connect` process driven by the real SDK client over stdio (StdioClientTransport spawning
  * bin/mcpmesh.js), with its stderr (JSON log lines) collected for waiting on events.
  */
+import type { Readable } from "node:stream";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { BIN } from "./cli.ts";
@@ -28,8 +29,9 @@ export async function startConnectClient(args: string[], opts: { connect?: boole
   const transport = new StdioClientTransport({ command: process.execPath, args: [BIN, "connect", ...args], env: connectEnv(), stderr: "pipe" });
   let stderr = "";
   const waiters = new Set<() => void>();
-  transport.stderr!.setEncoding("utf8");
-  transport.stderr!.on("data", (d: string) => {
+  const err = transport.stderr as Readable;
+  err.setEncoding("utf8");
+  err.on("data", (d: string) => {
     stderr += d;
     for (const w of waiters) w();
   });
