@@ -349,8 +349,10 @@ stdout is the MCP channel; logs go to stderr. Examples:
       process.on("SIGINT", () => void conn.close());
       process.on("SIGTERM", () => void conn.close());
       const result = await conn.closed;
+      // Undici keeps idle sockets and stdin stays referenced: end explicitly once the session is over, after the
+      // last answers written to stdout are flushed (pipes are asynchronous on some platforms).
+      await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
       if (result.error) throw result.error;
-      // Undici keeps idle sockets and stdin stays referenced: end explicitly once the session is over.
       process.exit(0);
     });
 

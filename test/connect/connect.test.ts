@@ -115,6 +115,20 @@ test("--expect with another SPIFFE ID: refused at the TLS handshake, a clear mes
   await c.waitForLog((l) => l.event === "agent_rejected");
   assert.match(c.stderr(), /agent is spiffe:\/\/example\.org\/agents\/weather, expected spiffe:\/\/example\.org\/agents\/payments/);
   assert.deepEqual(aliceCalls(), [], "the upstream heard nothing");
+  // The raw view: the local client's initialize is answered with connect's own error, and connect exits 1.
+  const child = spawn(process.execPath, [BIN, "connect", agent.url, "--identity", alice, "--expect", `${TD}/agents/payments`], { env: connectEnv(), stdio: ["pipe", "pipe", "pipe"] });
+  after(() => child.kill("SIGKILL"));
+  let stdout = "";
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.resume();
+  const code = new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+  child.stdin.write(JSON.stringify({ jsonrpc: "2.0", id: 7, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "1" } } }) + "\n");
+  assert.equal(await code, 1);
+  const answer = JSON.parse(stdout.trim());
+  assert.equal(answer.id, 7);
+  assert.equal(answer.error.code, -32004);
+  assert.match(answer.error.message, /^mcpmesh connect: agent is spiffe:\/\/example\.org\/agents\/weather, expected/);
+  assert.deepEqual(aliceCalls(), []);
 });
 
 test("an agent whose certificate comes from another CA is refused: the identity's ca.pem does not vouch for it", async () => {
