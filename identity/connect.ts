@@ -212,6 +212,8 @@ class Connector implements MeshConnection {
   #sessionUp = false;
   #protocolVersion: string | undefined;
   #failures = 0;
+  /** When each message first arrived from the local client: a request re-queued after a failed send keeps its age. */
+  #firstSeen = new WeakMap<object, number>();
   #timer: NodeJS.Timeout | null = null;
   #stdinEnd: (() => void) | null = null;
 
@@ -263,9 +265,11 @@ class Connector implements MeshConnection {
       this.#initialized = structuredClone(msg) as JSONRPCNotification;
     }
     if (this.#state === "up") {
+      this.#firstSeen.set(msg, Date.now());
       void this.#deliver(msg);
       return;
     }
+    this.#firstSeen.set(msg, Date.now());
     this.#queue.push({ msg, since: Date.now() });
     if (this.#state === "idle") this.#startReconnect("first message");
   }
@@ -295,8 +299,19 @@ class Connector implements MeshConnection {
       case "unreachable":
       case "session-lost":
         // Nothing reached the agent (or the agent no longer knows the session): send it again once reconnected.
-        this.#queue.push({ msg, since: Date.now() });
-        if (generation === this.#generation) this.#startReconnect(c.kind === "unreachable" ? `agent unreachable (${c.reason})` : "the agent no longer knows the session");
+        // A refused connection counts as a failure, so a link that opens without touching the network (Streamable
+        // HTTP) cannot spin: the next attempt backs off.
+        if (c.kind === "unreachable") {
+          this.#failures++;
+          this.#log.warn({ event: "agent_connect_failed", attempt: this.#failures, reason: c.reason }, "cannot reach the agent; retrying");
+        }
+        if (isRequest(msg)) {
+          const entry = this.#inflight.get(msg.id);
+          if (entry) entry.generation = -1; // queued again, not lost with its link
+        }
+        this.#queue.push({ msg, since: this.#firstSeen.get(msg) ?? Date.now() });
+        // Even when a newer link exists: the reconnect's probe finds out whether it works, then flushes the queue.
+        this.#startReconnect(c.kind === "unreachable" ? `agent unreachable (${c.reason})` : "the agent no longer knows the session");
         return;
       case "fallback":
       case "http":
@@ -466,6 +481,7 @@ class Connector implements MeshConnection {
   }
 
   #schedule(): void {
+    this.#expireQueued();
     const delay = this.#failures === 0 ? 0 : Math.min(this.#maxDelay, this.#minDelay * 2 ** Math.min(this.#failures - 1, 16)) * (0.8 + Math.random() * 0.4);
     this.#timer = setTimeout(() => void this.#attempt(), delay);
   }
@@ -480,7 +496,6 @@ class Connector implements MeshConnection {
       const c = classify(e, false);
       if (c.kind === "fatal") return this.#fatal(c.error);
       this.#failures++;
-      this.#expireQueued();
       const reason = c.kind === "unreachable" || c.kind === "lost" ? c.reason : c.kind === "http" || c.kind === "fallback" ? `HTTP ${c.status}` : (e as Error).message;
       this.#log.warn({ event: "agent_connect_failed", attempt: this.#failures, reason }, "cannot reach the agent; retrying");
       this.#schedule();
