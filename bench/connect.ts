@@ -54,7 +54,7 @@ try {
     } catch {
       return undefined;
     }
-  }, { env: { MCPMESH_LOG_LEVEL: "warn" } });
+  }, { env: { MCPMESH_LOG_LEVEL: "info" } });
   cleanup.add(() => agent.stop());
   const meshFetch = createMeshFetch(clientDir);
   cleanup.add(() => meshFetch.close());
