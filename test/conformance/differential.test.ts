@@ -17,12 +17,12 @@ import { node24Tool } from "../helpers/node24.ts";
 import { createMeshFetch } from "../../identity/fetch.ts";
 import { startConformanceServer } from "./server.ts";
 import { startRelay } from "./relay.ts";
+import { unexplainedDifferences, type Baseline, type Outcome } from "./compare.ts";
 
 const TD = "spiffe://example.org";
 const tool = node24Tool("@modelcontextprotocol/conformance", "dist/index.js");
-const baseline: { scenarios: Record<string, { direct: string; mesh: string; reason: string }> } = JSON.parse(readFileSync(join(import.meta.dirname, "baseline.json"), "utf8"));
+const baseline: Baseline = JSON.parse(readFileSync(join(import.meta.dirname, "baseline.json"), "utf8"));
 
-type Outcome = { pass: boolean; failed: string[] };
 
 async function runSuite(url: string, outDir: string): Promise<Map<string, Outcome>> {
   const { node, script } = tool as { node: string; script: string };
@@ -72,16 +72,5 @@ test("conformance: the same scenarios pass directly and through the mesh (differ
   assert.deepEqual([...direct].filter(([, o]) => !o.pass).map(([s, o]) => `${s}: ${o.failed.join(",")}`), []);
   assert.ok(direct.size >= 25, `only ${direct.size} scenarios ran`);
 
-  const problems: string[] = [];
-  const outcome = (o?: Outcome) => (o ? (o.pass ? "pass" : "fail") : "missing");
-  for (const s of new Set([...direct.keys(), ...viaMesh.keys()])) {
-    const d = outcome(direct.get(s));
-    const m = outcome(viaMesh.get(s));
-    const known = baseline.scenarios[s];
-    if (d === m && known) problems.push(`${s}: listed in baseline.json but now ${d} both ways: remove the entry`);
-    else if (d !== m && !known) problems.push(`${s}: ${d} directly, ${m} through the mesh (failed checks: ${viaMesh.get(s)?.failed.join(", ") || direct.get(s)?.failed.join(", ")})`);
-    else if (d !== m && known && (known.direct !== d || known.mesh !== m)) problems.push(`${s}: baseline says ${known.direct}/${known.mesh}, saw ${d}/${m}`);
-  }
-  for (const s of Object.keys(baseline.scenarios)) if (!direct.has(s) && !viaMesh.has(s)) problems.push(`${s}: in baseline.json but the suite no longer runs it`);
-  assert.deepEqual(problems, []);
+  assert.deepEqual(unexplainedDifferences(direct, viaMesh, baseline), []);
 });
