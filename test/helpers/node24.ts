@@ -2,7 +2,8 @@
  * Tools that need Node >= 22 (the conformance suite, the MCP Inspector CLI) run on the Node 24 that `.ci/run`
  * provides (MCPMESH_NODE24: a binary, or a folder holding bin/node) and are installed by `.ci/run` into a cache
  * folder (MCPMESH_NODE24_TOOLS, default ~/.cache/mcpmesh-ci/node24-tools), never into the project's node_modules.
- * Without them the tests skip and say why.
+ * Without Node 24 the tests skip and say why; with MCPMESH_NODE24 set (as under .ci/run) a missing tool is an error,
+ * so CI can never pass by skipping them.
  */
 import { existsSync, statSync } from "node:fs";
 import { homedir } from "node:os";
@@ -25,6 +26,6 @@ export function node24Tool(pkg: string, entry: string): { node: string; script: 
   const node = node24Binary();
   if (!node) return `needs Node >= 22: set MCPMESH_NODE24 to a Node 24 binary or folder (.ci/run exports it)`;
   const script = join(node24ToolsDir(), "node_modules", pkg, entry);
-  if (!existsSync(script)) return `${pkg} is not installed in ${node24ToolsDir()} (.ci/run installs it; or: npm install --prefix ${node24ToolsDir()} ${pkg})`;
+  if (!existsSync(script)) throw new Error(`${pkg} is not installed in ${node24ToolsDir()} (.ci/run installs it; or: npm install --prefix ${node24ToolsDir()} ${pkg})`);
   return { node, script };
 }
