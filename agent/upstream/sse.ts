@@ -113,6 +113,11 @@ class SseChannel implements Transport {
     }
   }
 
+  /** The negotiated version goes upstream as MCP-Protocol-Version on later POSTs. */
+  setProtocolVersion(version: string): void {
+    this.#inner.setProtocolVersion(version);
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.#inner.close();

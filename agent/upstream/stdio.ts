@@ -12,6 +12,9 @@ import { errorFor, InFlight, isRequest } from "./inflight.ts";
 /** What a stdio child gets from the agent's own environment without being asked: enough to run, no secrets. */
 export const DEFAULT_INHERITED_ENV = ["PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"] as const;
 
+/** Bytes queued for a child's stdin beyond which requests are refused: a child that stops reading cannot grow the agent. */
+export const MAX_STDIN_BUFFER_BYTES = 8 * 1024 * 1024;
+
 /** A stdout line longer than this is a broken child: it is killed (and restarted) rather than buffered further. */
 export const MAX_STDOUT_LINE_BYTES = 64 * 1024 * 1024;
 
@@ -37,6 +40,10 @@ export interface StdioConnectorOptions {
   /** SIGTERM, then SIGKILL after this long. Default 2 s. */
   killGraceMs?: number;
   stderr?: Partial<StderrLimits>;
+  /** A stdout line longer than this kills the child (it is broken). Default MAX_STDOUT_LINE_BYTES. */
+  maxStdoutLineBytes?: number;
+  /** Default MAX_STDIN_BUFFER_BYTES. */
+  maxStdinBufferBytes?: number;
   /** The environment DEFAULT_INHERITED_ENV and inheritEnv read from. Default process.env. */
   baseEnv?: NodeJS.ProcessEnv;
 }
@@ -95,6 +102,8 @@ export class StdioConnector implements UpstreamConnector {
       restart: this.#opts.restart,
       timeoutMs: this.#opts.timeoutMs,
       killGraceMs: this.#opts.killGraceMs ?? 2000,
+      maxStdoutLineBytes: this.#opts.maxStdoutLineBytes ?? MAX_STDOUT_LINE_BYTES,
+      maxStdinBufferBytes: this.#opts.maxStdinBufferBytes ?? MAX_STDIN_BUFFER_BYTES,
       logger: this.#opts.logger.child({ session: ctx.sessionId, identity: ctx.identity }),
       stderr: this.#stderr,
       forget: () => this.#channels.delete(ch),
@@ -216,6 +225,8 @@ interface ChannelOptions {
   restart: RestartConfig;
   timeoutMs: number;
   killGraceMs: number;
+  maxStdoutLineBytes: number;
+  maxStdinBufferBytes: number;
   logger: Logger;
   stderr: StderrGate;
   forget: () => void;
@@ -266,7 +277,6 @@ class StdioChannel implements Transport {
       this.#finish();
       throw e;
     }
-    this.#state = "running";
   }
 
   async send(message: JSONRPCMessage): Promise<void> {
@@ -325,8 +335,14 @@ class StdioChannel implements Transport {
   }
 
   #write(message: JSONRPCMessage): void {
+    const stdin = this.#child?.stdin;
+    if (stdin && stdin.writableLength > this.#o.maxStdinBufferBytes) {
+      this.#o.logger.warn({ event: "upstream_input_full", pid: this.#child?.pid, queuedBytes: stdin.writableLength }, "upstream is not reading its input; message refused");
+      if (isRequest(message)) this.onmessage?.(errorFor(message.id, "upstream is not reading its input"));
+      return;
+    }
     this.#inFlight.sent(message);
-    this.#child?.stdin?.write(JSON.stringify(message) + "\n");
+    stdin?.write(JSON.stringify(message) + "\n");
   }
 
   #spawn(): Promise<void> {
@@ -343,7 +359,7 @@ class StdioChannel implements Transport {
     this.#child = child;
     this.#serverRequests = new Set();
     const log = this.#o.logger;
-    const out = new LineSplitter(MAX_STDOUT_LINE_BYTES, (line) => this.#fromChild(child, line), (bytes) => {
+    const out = new LineSplitter(this.#o.maxStdoutLineBytes, (line) => this.#fromChild(child, line), (bytes) => {
       log.error({ event: "upstream_stdout_overflow", pid: child.pid, bytes }, "upstream wrote an over-long line to stdout; killing it");
       killGroup(child, "SIGKILL");
     });
@@ -367,6 +383,8 @@ class StdioChannel implements Transport {
       child.once("spawn", () => {
         spawned = true;
         this.#startedAt = Date.now();
+        // The state moves on in the same tick as the spawn: a message sent right after sees the new child.
+        this.#spawned(child);
         log.info({ event: "upstream_spawn", pid: child.pid, command: prog }, "upstream process started");
         resolve();
       });
@@ -446,18 +464,18 @@ class StdioChannel implements Transport {
   async #restart(): Promise<void> {
     if (this.#state !== "down") return;
     this.#startedAt = 0;
-    try {
-      await this.#spawn();
-    } catch {
-      return; // counted as a crash by #spawn's error handler
-    }
-    if ((this.#state as State) === "closed") return;
-    if (!this.#initialize) {
-      this.#state = "running";
+    // A failure to start is counted as a crash by #spawn's error handler.
+    await this.#spawn().catch(() => {});
+  }
+
+  /** A child is up: a first one serves at once; a restarted one first gets the session's initialize replayed. */
+  #spawned(child: ChildProcess): void {
+    if (this.#state === "new" || !this.#initialize) {
+      if (this.#state === "new" || this.#state === "down") this.#state = "running";
       return;
     }
+    if (this.#state !== "down") return;
     this.#state = "replaying";
-    const child = this.#child!;
     this.#replayId = `mcpmesh-replay-${randomUUID()}`;
     const init = { ...(this.#initialize as any), id: this.#replayId };
     this.#replayTimer = setTimeout(() => this.#replayDone(child, "initialize replay timed out"), this.#o.timeoutMs);

@@ -79,6 +79,9 @@ test("initialize, list and call over legacy SSE; X-MCPMesh-Identity on the strea
   assert.deepEqual(seen.filter((m) => m.method === "notifications/progress").map((m) => m.params.progress), [1, 2]);
   assert.deepEqual(up.received.map((r) => r.method), ["GET", "POST", "POST", "POST", "POST", "POST"]);
   for (const r of up.received) assert.equal(r.headers["x-mcpmesh-identity"], ALICE);
+  // The SDK Client sets the negotiated version on the transport; later POSTs carry it.
+  assert.equal(up.received[1].headers["mcp-protocol-version"], undefined, "not on initialize");
+  assert.ok(up.received.slice(2).every((r) => typeof r.headers["mcp-protocol-version"] === "string"));
   assert.deepEqual(up.received.flatMap((r) => r.rpcMethods), ["initialize", "notifications/initialized", "tools/list", "tools/call", "tools/call"]);
 
   // A second session is a second stream, with its own identity.
@@ -169,7 +172,9 @@ test("an upstream that drops the stream: in-flight requests get errors, the chan
   const { c, log } = connector((fn) => t.after(fn), up.url);
   const { client, closed } = await connect(c);
   const held = client.callTool({ name: "hold", arguments: {} });
-  while (up.held() === 0) await new Promise((r) => setTimeout(r, 10));
+  for (const deadline = Date.now() + 60_000; up.held() === 0; await new Promise((r) => setTimeout(r, 10))) {
+    if (Date.now() > deadline) throw new Error("the hold call never reached the upstream");
+  }
   up.dropStreams();
   await assert.rejects(held, (e: any) => {
     assert.equal(e.code, -32603);

@@ -8,7 +8,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { CreateMessageRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import type { Transport } from "@modelcontextprotocol/sdk/shared/transport.js";
 import { DEFAULT_RESTART, type RestartConfig } from "../../agent/config.ts";
 import { StdioConnector, childEnvironment, type StdioConnectorOptions } from "../../agent/upstream/stdio.ts";
@@ -27,9 +29,13 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Waits until `pid` is gone (the caller bounds the wait with the test timeout). */
+/** Waits until `pid` is gone; fails after a generous minute. */
 async function gone(pid: number): Promise<void> {
-  while (alive(pid)) await new Promise((r) => setTimeout(r, 20));
+  const deadline = Date.now() + 60_000;
+  while (alive(pid)) {
+    if (Date.now() > deadline) throw new Error(`process ${pid} still alive`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 interface Setup {
@@ -93,6 +99,27 @@ test("initialize, list and call through a stdio child; one child per session", a
   const rec = readStdioRecord(s.record);
   assert.deepEqual(rec.rpcMethods.filter((m) => m === "initialize").length, 2);
   assert.ok(rec.toolCalls.includes("add"));
+});
+
+test("server → client requests (sampling) reach the session's own client, and its answer the child that asked", async (t) => {
+  const s = setup((fn) => t.after(fn));
+  const sessions = await Promise.all(
+    ["alice", "bob"].map(async (who) => {
+      const channel = s.connector.open({ identity: `spiffe://example.org/${who}`, sessionId: who });
+      const client = new Client({ name: who, version: "1.0.0" }, { capabilities: { sampling: {} } });
+      const asked: string[] = [];
+      client.setRequestHandler(CreateMessageRequestSchema, async (req) => {
+        const c = req.params.messages[0].content as { type: string; text: string };
+        asked.push(c.text);
+        return { model: "test", role: "assistant", content: { type: "text", text: `${who} answers ${c.text}` } };
+      });
+      await client.connect(channel);
+      return { who, client, asked };
+    }),
+  );
+  const answers = await Promise.all(sessions.map(({ who, client }) => client.callTool({ name: "sample", arguments: { prompt: `q-${who}` } })));
+  assert.deepEqual(answers.map(text), ["alice answers q-alice", "bob answers q-bob"]);
+  assert.deepEqual(sessions.map((x) => x.asked), [["q-alice"], ["q-bob"]]);
 });
 
 test("a child that crashes mid-call: the caller gets an error, the child is restarted, the next call works in the same session", async (t) => {
@@ -211,6 +238,32 @@ test("stdout that is not JSON-RPC is logged and dropped, never forwarded", async
   assert.equal(seen[0].result.content[0].text, "noisy");
 });
 
+test("a child that writes an over-long stdout line is killed and restarted; its caller gets an error", async (t) => {
+  const s = setup((fn) => t.after(fn), { maxStdoutLineBytes: 100_000, restart: { initialDelayMs: 20 } });
+  const { client, seen } = await connect(s);
+  const pid1 = await pidOf(client);
+  await assert.rejects(client.callTool({ name: "stdout-flood", arguments: { bytes: 300_000 } }), /upstream process was killed by SIGKILL/);
+  const overflow = s.log.events("upstream_stdout_overflow");
+  assert.equal(overflow.length, 1);
+  assert.equal(overflow[0].pid, pid1);
+  assert.ok(!seen.some((m) => JSON.stringify(m).includes("xxxxxxxx")), "nothing of the line was forwarded");
+  await s.log.waitFor((l) => l.event === "upstream_spawn" && l.pid !== pid1, "the restart");
+  assert.notEqual(await pidOf(client), pid1);
+});
+
+test("a child that stops reading its stdin: requests beyond the buffer bound get an error instead of piling up", async (t) => {
+  const s = setup((fn) => t.after(fn), { maxStdinBufferBytes: 256 * 1024 });
+  const { channel, client, seen } = await connect(s);
+  assert.equal(text(await client.callTool({ name: "stop-reading", arguments: {} })), "deaf");
+  // Raw requests on the channel (the SDK client would wait for each): 40 KiB each, far more than pipe + bound.
+  const big = "y".repeat(40 * 1024);
+  for (let i = 0; i < 100; i++) await channel.send({ jsonrpc: "2.0", id: `big-${i}`, method: "tools/call", params: { name: "echo", arguments: { text: big } } });
+  const refused = seen.filter((m) => typeof m.id === "string" && m.id.startsWith("big-") && m.error?.message === "upstream is not reading its input");
+  assert.ok(refused.length > 50, `most were refused (${refused.length})`);
+  assert.ok(refused.every((m) => m.error.code === -32603));
+  assert.ok(s.log.events("upstream_input_full").length === refused.length);
+});
+
 test("the child's environment: the default allow-list, inheritEnv and env only — no agent secret", async (t) => {
   process.env.MCPMESH_TEST_AGENT_SECRET = "s3cr3t-token";
   process.env.MCPMESH_TEST_PASSED = "passed-through";
@@ -273,4 +326,25 @@ test("a command that cannot be started: start() fails with a MeshError naming it
   assert.throws(() => createMessageConnector(base, { logger: log.logger }), MeshError);
   assert.equal(createMessageConnector({ ...base, command: ["x"] }, { logger: log.logger }).kind, "stdio");
   assert.equal(createMessageConnector({ ...base, sse: "http://127.0.0.1:1/sse" }, { logger: log.logger }).kind, "sse");
+});
+
+test("a third-party stdio server (@modelcontextprotocol/server-filesystem) behind the connector, restarted after a kill", async (t) => {
+  const root = tmpdir((fn) => t.after(fn), "mcpmesh-fs-");
+  writeFileSync(join(root, "hello.txt"), "hello from disk\n");
+  const bin = fileURLToPath(import.meta.resolve("@modelcontextprotocol/server-filesystem/dist/index.js"));
+  const s = setup((fn) => t.after(fn), { command: [process.execPath, bin, root], restart: { initialDelayMs: 20 } });
+  const { client } = await connect(s);
+  const tools = (await client.listTools()).tools.map((x) => x.name);
+  assert.ok(tools.includes("read_text_file") || tools.includes("read_file"), tools.join(","));
+  const read = tools.includes("read_text_file") ? "read_text_file" : "read_file";
+  const r1 = await client.callTool({ name: read, arguments: { path: join(root, "hello.txt") } });
+  assert.match(text(r1), /hello from disk/);
+  // Killed from outside (OOM killer, operator): the next call after the restart works in the same session.
+  const [pid] = s.connector.pids();
+  process.kill(pid, "SIGKILL");
+  const respawn = await s.log.waitFor((l) => l.event === "upstream_spawn" && l.pid !== pid, "the restart");
+  await s.log.waitFor((l) => l.event === "upstream_replay_initialize" && l.pid === respawn.pid, "the replay");
+  const r2 = await client.callTool({ name: read, arguments: { path: join(root, "hello.txt") } });
+  assert.match(text(r2), /hello from disk/);
+  assert.equal(s.log.events("upstream_exit")[0].signal, "SIGKILL");
 });

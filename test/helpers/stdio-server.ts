@@ -7,6 +7,9 @@
  * - `env {name}`: the value of one environment variable, or "<unset>" (the env policy test).
  * - `stderr {lines, length?}`: writes that many lines of `length` "x" to stderr (rate bounding of the log).
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
+ * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
+ * - `stop-reading`: answers, then stops reading stdin (a stuck server).
+ * - `sample {prompt}`: sends the client a sampling request (sampling/createMessage) and returns its text.
  * - `release-held`, `change-description {tool, description}`: what startMcpServer offers as methods, as tools here.
  *
  * Environment: `MCPMESH_TEST_RECORD` = a file to which every line received on stdin is appended as one JSON line
@@ -95,6 +98,21 @@ async function main(): Promise<void> {
       process.stdout.write("this is not json-rpc\n");
       process.stdout.write(JSON.stringify({ hello: "not a jsonrpc message" }) + "\n");
       return { content: [{ type: "text", text: "noisy" }] };
+    });
+  server.registerTool("stdout-flood", { description: "Writes bytes to stdout without a newline", inputSchema: { bytes: z.number().int().min(1).max(100_000_000) } },
+    async ({ bytes }) => {
+      process.stdout.write("x".repeat(bytes));
+      return { content: [{ type: "text", text: "flooded" }] };
+    });
+  server.registerTool("stop-reading", { description: "Stops reading stdin (after answering)", inputSchema: {} },
+    async () => {
+      setImmediate(() => process.stdin.pause());
+      return { content: [{ type: "text", text: "deaf" }] };
+    });
+  server.registerTool("sample", { description: "Asks the client to sample (server → client request)", inputSchema: { prompt: z.string() } },
+    async ({ prompt }) => {
+      const r = await server.server.createMessage({ messages: [{ role: "user", content: { type: "text", text: prompt } }], maxTokens: 16 });
+      return { content: [{ type: "text", text: r.content.type === "text" ? r.content.text : `(${r.content.type})` }] };
     });
   server.registerTool("release-held", { description: "Releases every held call", inputSchema: {} },
     async () => {
