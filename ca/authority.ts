@@ -5,10 +5,11 @@ import { isIP } from "node:net";
 import { InvalidArgumentError, StateError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic, writePrivateFileAtomic } from "../lib/files.ts";
 import { makeSpiffeId, validateTrustDomain, validateIdentityPath, parseSpiffeId } from "../lib/spiffe.ts";
-import { x509, derToPem, fingerprint, normalizeSerial } from "../lib/x509.ts";
+import { KeyObject } from "node:crypto";
+import { x509, crypto, derToPem, fingerprint, normalizeSerial } from "../lib/x509.ts";
 import { CaExistsError, ForbiddenError, NotFoundError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
-import { acceptCsr, DEFAULT_TTL_MS, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer } from "./profile.ts";
+import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
 import { CaStore, type CertKind, type CertRecord } from "./store.ts";
 import { encodeToken, hashTokenSecret, newTokenSecret, decodeToken } from "./token.ts";
 
@@ -98,7 +99,7 @@ export class Authority extends EventEmitter {
   readonly #clock: () => number;
   #crl: { pem: string; at: number; nextUpdate: number; dataVersion: string } | null = null;
 
-  private constructor(dir: string, config: CaConfig, rootPem: string, intPem: string, issuerKey: CryptoKey, store: CaStore, clock: () => number) {
+  private constructor(dir: string, config: CaConfig, rootPem: string, intPem: string, issuerKey: CryptoKey, signer: KeyObject, store: CaStore, clock: () => number) {
     super();
     this.dir = dir;
     this.config = config;
@@ -107,7 +108,7 @@ export class Authority extends EventEmitter {
     this.root = new x509.X509Certificate(rootPem);
     this.intermediate = new x509.X509Certificate(intPem);
     this.#store = store;
-    this.#issuer = { cert: this.intermediate, key: issuerKey };
+    this.#issuer = makeIssuer(intPem, issuerKey, signer);
     this.#clock = clock;
   }
 
@@ -190,7 +191,7 @@ export class Authority extends EventEmitter {
     store.addEvent("ca.init", { detail: { trustDomain: opts.trustDomain, url: config.url, rootFingerprint: config.rootFingerprint } }, now);
     writeFileAtomic(join(opts.dir, FILES.config), JSON.stringify(config, null, 2) + "\n", 0o600);
     const intSigning = await toWebCryptoSigningKey(intKeys.privateKey);
-    return new Authority(opts.dir, config, rootPem, intPem, intSigning, store, clock);
+    return new Authority(opts.dir, config, rootPem, intPem, intSigning, intKeys.privateKey, store, clock);
   }
 
   /** Opens an existing CA; the passphrase decrypts the intermediate key (the root key stays encrypted on disk). */
@@ -207,7 +208,7 @@ export class Authority extends EventEmitter {
     if (fingerprint(rootPem) !== config.rootFingerprint) throw new StateError(`${join(opts.dir, FILES.root)} does not match the fingerprint recorded in ca.json`);
     const key = decryptPrivateKey(intKeyPem, opts.passphrase, "the intermediate CA key");
     const store = CaStore.open(join(opts.dir, FILES.db));
-    return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), store, opts.clock ?? Date.now);
+    return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), key, store, opts.clock ?? Date.now);
   }
 
   /**
@@ -265,12 +266,13 @@ export class Authority extends EventEmitter {
     if (!rec) throw new TokenRejectedError("MCPMESH_TOKEN_UNKNOWN", "token: unknown to this CA");
     if (rec.usedAt !== null) throw new TokenRejectedError("MCPMESH_TOKEN_USED", "token: already used (tokens are single-use; ask for a new one)");
     if (rec.expiresAt <= now) throw new TokenRejectedError("MCPMESH_TOKEN_EXPIRED", "token: expired (ask for a new one)");
-    const publicKey = await acceptCsr(csrPem);
-    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, publicKey });
+    const spki = acceptCsr(csrPem);
+    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.certTtlMs, rec.dns, rec.ips, now, "enroll", null);
     // Redemption and recording are one transaction: of two concurrent enrollments only one can flip used_at, and the
-    // loser's certificate is never recorded nor returned.
-    const won = this.#store.transaction(() => {
+    // loser's certificate is never recorded nor returned. Concurrent issuances share one durable commit (group
+    // commit); this one's answer waits for it.
+    const won = await this.#store.groupCommit(() => {
       if (!this.#store.redeemToken(hash, this.#clock(), record.serial)) return false;
       this.#store.insertCert(record);
       this.#store.addEvent("cert.enrolled", { identity: rec.identity, serial: record.serial, detail: { kind: rec.kind, notAfter: record.notAfter } }, now);
@@ -294,10 +296,10 @@ export class Authority extends EventEmitter {
     if (requestedIdentity !== undefined && requestedIdentity !== null && requestedIdentity !== rec.identity) {
       throw new RenewRejectedError("MCPMESH_IDENTITY_MISMATCH", `identity: a certificate for ${rec.identity} can only renew ${rec.identity}`);
     }
-    const publicKey = await acceptCsr(csrPem);
-    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, publicKey });
+    const spki = acceptCsr(csrPem);
+    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.ttlMs, rec.dns, rec.ips, now, "renew", rec.serial);
-    const ok = this.#store.transaction(() => {
+    const ok = await this.#store.groupCommit(() => {
       // Re-check inside the transaction: a revocation that landed while we were signing must win.
       const current = this.#store.getCert(rec.serial);
       if (!current || current.revokedAt !== null) return false;
@@ -394,7 +396,7 @@ export class Authority extends EventEmitter {
   }
 
   /** A serverAuth certificate for the CA's own HTTPS endpoint, named after the host in its URL. */
-  async issueServerCertificate(keyPublic: CryptoKey): Promise<IssuedCertificate> {
+  async issueServerCertificate(keyPublic: CryptoKey | KeyObject): Promise<IssuedCertificate> {
     const now = this.#clock();
     const host = new URL(this.config.url).hostname.replace(/^\[|\]$/g, "");
     const dns = isIP(host) ? [] : [host];
@@ -403,7 +405,8 @@ export class Authority extends EventEmitter {
     validateSans(dns, ips);
     const identity = makeSpiffeId(this.trustDomain, "mcpmesh/ca").uri;
     const ttl = DEFAULT_TTL_MS.server;
-    const cert = await signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, publicKey: keyPublic });
+    const spki = keyPublic instanceof KeyObject ? keyPublic.export({ type: "spki", format: "der" }) : Buffer.from(await crypto.subtle.exportKey("spki", keyPublic));
+    const cert = signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
     const record = this.#record(cert, "server", identity, ttl, dns, ips, now, "server", null);
     this.#store.transaction(() => {
       this.#store.insertCert(record);
@@ -421,10 +424,10 @@ export class Authority extends EventEmitter {
     return this.#store.revocationsAfter(cursor);
   }
 
-  #record(cert: x509.X509Certificate, kind: CertKind, identity: string, ttlMs: number, dns: string[], ips: string[], now: number, via: CertRecord["via"], parent: string | null): CertRecord {
+  #record(cert: SignedLeaf, kind: CertKind, identity: string, ttlMs: number, dns: string[], ips: string[], now: number, via: CertRecord["via"], parent: string | null): CertRecord {
     return {
-      serial: normalizeSerial(cert.serialNumber), identity, kind, notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime(),
-      ttlMs, dns, ips, pem: cert.toString("pem") + "\n", issuedAt: now, via, parentSerial: parent, revokedAt: null, reason: null,
+      serial: cert.serial, identity, kind, notBefore: cert.notBefore, notAfter: cert.notAfter,
+      ttlMs, dns, ips, pem: cert.pem, issuedAt: now, via, parentSerial: parent, revokedAt: null, reason: null,
     };
   }
 
