@@ -6,7 +6,8 @@ import { InvalidArgumentError, StateError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic, writePrivateFileAtomic } from "../lib/files.ts";
 import { makeSpiffeId, validateTrustDomain, validateIdentityPath, parseSpiffeId } from "../lib/spiffe.ts";
 import { KeyObject } from "node:crypto";
-import { x509, crypto, derToPem, fingerprint, normalizeSerial } from "../lib/x509.ts";
+import { x509, crypto, derToPem, fingerprint, normalizeSerial, pemToDer } from "../lib/x509.ts";
+import { children, readWhole } from "./der.ts";
 import { CaExistsError, ForbiddenError, NotFoundError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
 import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
@@ -318,16 +319,17 @@ export class Authority extends EventEmitter {
 
   #authenticate(peer: { leafDer: Uint8Array | null; chainTrusted: boolean }, now: number): CertRecord {
     if (!peer.leafDer) throw new RenewRejectedError("MCPMESH_NO_CLIENT_CERT", "certificate: none presented (renewal and revocation need the current certificate over mTLS)");
-    let leaf: x509.X509Certificate;
+    const leafDer = Buffer.from(peer.leafDer.buffer, peer.leafDer.byteOffset, peer.leafDer.byteLength);
+    let serial: string;
     try {
-      leaf = new x509.X509Certificate(new Uint8Array(peer.leafDer));
+      serial = certificateSerial(leafDer);
     } catch {
       throw new RenewRejectedError("MCPMESH_CERT_UNKNOWN", "certificate: unreadable");
     }
-    const rec = this.#store.getCert(normalizeSerial(leaf.serialNumber));
-    // A certificate we did not issue is unknown whatever chain it came with; comparing the stored PEM's bytes also
-    // rules out a foreign certificate that happens to reuse one of our serials.
-    if (!rec || Buffer.compare(Buffer.from(new x509.X509Certificate(rec.pem).rawData), Buffer.from(leaf.rawData)) !== 0) {
+    const rec = this.#store.getCert(serial);
+    // A certificate we did not issue is unknown whatever chain it came with; comparing the stored certificate's bytes
+    // also rules out a foreign certificate that happens to reuse one of our serials.
+    if (!rec || !pemToDer(rec.pem).equals(leafDer)) {
       throw new RenewRejectedError("MCPMESH_CERT_UNKNOWN", "certificate: not issued by this CA");
     }
     if (rec.revokedAt !== null) throw new RenewRejectedError("MCPMESH_CERT_REVOKED", "certificate: revoked; it cannot renew (enroll again with a new token)");
@@ -434,6 +436,15 @@ export class Authority extends EventEmitter {
   #issued(r: CertRecord): IssuedCertificate {
     return { serial: r.serial, identity: r.identity, kind: r.kind, notBefore: r.notBefore, notAfter: r.notAfter, chainPem: r.pem + this.intermediatePem, rootsPem: this.rootPem };
   }
+}
+
+/** The serial of a DER certificate, normalized; throws on anything that is not a Certificate's outer structure. */
+function certificateSerial(der: Buffer): string {
+  const [tbs] = children(readWhole(der, 0x30));
+  const fields = tbs?.tag === 0x30 ? children(tbs) : [];
+  const serial = fields[0]?.tag === 0xa0 ? fields[1] : fields[0];
+  if (!serial || serial.tag !== 0x02 || serial.value.length === 0) throw new Error("no serialNumber");
+  return normalizeSerial(serial.value.toString("hex"));
 }
 
 const CRL_REASONS: Record<string, x509.X509CrlReason | undefined> = {
