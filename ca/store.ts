@@ -65,6 +65,8 @@ CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, type TEXT NOT NULL, identity TEXT, serial TEXT,
   detail TEXT NOT NULL);
+-- The live feed asks "revocations after event N" every 150 ms; without this it scans every issuance's event.
+CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
 `;
 
 type Row = Record<string, any>;
