@@ -195,7 +195,19 @@ export async function runJob(job: Job): Promise<Result> {
 
   let loops: Array<() => Promise<void>>;
   if (job.mode === "calls") {
-    const sessions = await Promise.all(Array.from({ length: job.connections }, (_, i) => session(job, u, tlsOpts, i)));
+    // A failed set-up counts as an error and is tried again (a few times) rather than ending the run.
+    const setUp = async (i: number) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await session(job, u, tlsOpts, i);
+        } catch (e) {
+          error(e);
+          if (attempt >= 3) throw e;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+    };
+    const sessions = await Promise.all(Array.from({ length: job.connections }, (_, i) => setUp(i)));
     loops = sessions.map((s) => async () => {
       let { conn } = s;
       while (!stop) {
