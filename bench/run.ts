@@ -56,7 +56,7 @@ const hardCap = setTimeout(() => void finish(2, new Error(`hard cap of ${HARD_CA
 process.once("SIGINT", () => void finish(130, new Error("interrupted")));
 process.once("SIGTERM", () => void finish(143, new Error("terminated")));
 
-type TargetName = "direct" | "nginx" | "nginx-1w" | "agent" | "baseline";
+type TargetName = "direct" | "nginx" | "nginx-1w" | "node-bare" | "agent" | "baseline";
 interface Target {
   name: TargetName;
   url: string;
@@ -254,6 +254,9 @@ async function main(): Promise<void> {
   const nginx1 = await startNginx(join(tmp, "nginx-1w"), { cert: join(agentDir, "cert.pem"), key: join(agentDir, "key.pem"), clientRoots: join(agentDir, "ca.pem") }, upstreamUrl, await freePort(), 1);
   cleanup.add(() => nginx1.stop());
   const nginx1Pids = () => [nginx1.child.pid!, ...childrenOf(nginx1.child.pid!)];
+  // A bare Node.js mTLS proxy (no inspection): the floor Node.js itself sets.
+  const bare = await startNode(["--import", "tsx", "bench/bare-proxy.ts", agentDir, upstream.ready], (line) => /^bare proxy on (\S+)$/.exec(line)?.[1]);
+  cleanup.add(() => bare.stop());
 
   const targets: Target[] = [
     { name: "direct" as const, url: upstream.ready, tls: false, pids: () => [] },
@@ -295,7 +298,7 @@ async function main(): Promise<void> {
   for (const t of targets) await measure(t, "calls", CONNECTIONS, QUICK ? 2 : 3);
 
   log(`throughput: ${ROUNDS} rounds × ${SECONDS} s, ${CONNECTIONS} keep-alive connections:`);
-  const tpTargets: Target[] = [...targets, { name: "nginx-1w", url: nginx1.ready, tls: true, pids: nginx1Pids }];
+  const tpTargets: Target[] = [...targets, { name: "nginx-1w", url: nginx1.ready, tls: true, pids: nginx1Pids }, { name: "node-bare", url: bare.ready, tls: true, pids: () => [bare.child.pid!] }];
   const tp = await rounds(tpTargets, "calls", CONNECTIONS, SECONDS, ROUNDS);
   const latSeconds = Math.max(2, Math.round(SECONDS / 2));
   log(`single-client latency: ${ROUNDS} rounds × ${latSeconds} s, 1 connection:`);
@@ -394,7 +397,7 @@ async function main(): Promise<void> {
     hsTable,
     "```",
     "",
-    `proxy cores: the proxy's CPU time over the round's wall time (1.00 = one core kept busy). CPU ceiling: ${cpus().length} cores divided by the CPU time all processes (proxy, upstream, load generator) spend per request, i.e. the rate at which this machine's cores would be exhausted. nginx-1w is the same nginx with \`worker_processes 1\`.`,
+    `proxy cores: the proxy's CPU time over the round's wall time (1.00 = one core kept busy). CPU ceiling: ${cpus().length} cores divided by the CPU time all processes (proxy, upstream, load generator) spend per request, i.e. the rate at which this machine's cores would be exhausted. nginx-1w is the same nginx with \`worker_processes 1\`; node-bare is bench/bare-proxy.ts, a Node.js mTLS reverse proxy that inspects nothing (same TLS settings, undici keep-alive pool, bodies piped both ways): the floor Node.js itself sets.`,
     "",
     "## Targets (issue 9)",
     "",
@@ -407,7 +410,7 @@ async function main(): Promise<void> {
     ...sections.flatMap((s) => [`## ${s.title}`, "", s.markdown, "", ...(s.notes ?? []).map((x) => `- ${x}`), ...(s.notes?.length ? [""] : [])]),
     "## Notes",
     "",
-    ...notes(T("agent"), T("nginx"), T("nginx-1w"), T("direct")),
+    ...notes(T("agent"), T("nginx"), T("nginx-1w"), T("direct"), T("node-bare")),
     "",
   ].join("\n");
   console.log(md);
@@ -418,14 +421,14 @@ async function main(): Promise<void> {
 }
 
 /** How to read the numbers, with this run's figures where they matter (kept here so the generated file carries them). */
-function notes(agent: Summary, nginx: Summary, nginx1: Summary, direct: Summary): string[] {
+function notes(agent: Summary, nginx: Summary, nginx1: Summary, direct: Summary, bare: Summary): string[] {
   const m = median;
   const agentTotal = m(agent.cpuProxy) + m(agent.cpuUpstream) + m(agent.cpuLoadgen);
   return [
     `- One machine, ${cpus().length} cores, shared by the load generator, the upstream MCP server (itself a Node.js process spending ${fmt(m(direct.cpuUpstream), 0)} µs of CPU per call), the proxy under test and, during development, other work: the load average at start is in the machine section. A loaded machine inflates every figure, CPU per request included (fewer requests share each event-loop turn); compare ratios from one run, not figures across runs.`,
     `- Throughput at ${CONNECTIONS} connections is bounded by CPU, not by any one process: per request the agent path costs ${fmt(agentTotal, 0)} µs of CPU in all (agent ${fmt(m(agent.cpuProxy), 0)}, upstream ${fmt(m(agent.cpuUpstream), 0)}, load generator ${fmt(m(agent.cpuLoadgen), 0)}), nginx's ${fmt(m(nginx.cpuProxy) + m(nginx.cpuUpstream) + m(nginx.cpuLoadgen), 0)} µs. The throughput ratio therefore follows the CPU-per-request ratio; closing it means spending less CPU per request, not adding processes.`,
     `- Clustered mode (several agent processes sharing the listener) is not built. Measured here: the agent kept ${fmt(m(agent.coresProxy), 2)} of a core busy, nginx with 2 workers ${fmt(m(nginx.coresProxy), 2)} and with 1 worker ${fmt(m(nginx1.coresProxy), 2)} (${fmt(m(nginx1.rps), 0)} req/s, ${fmt(m(nginx1.rps) / Math.max(1, m(nginx.rps)), 2)}× the 2-worker figure): on ${cpus().length} cores shared with the upstream and the load generator a second agent process has no idle core to use, so it would add context switches, not requests. It also touches guarantees: MCP sessions are held per process and bound to an identity (a client's next connection landing on another worker must be refused cleanly or routed), rate limits, concurrency caps and alert baselines would become per worker (N × the configured limit), the audit chain would need one verifiable chain per worker file, and reload and revocation would have to reach every worker. Worth building for machines with idle cores, with session ids that name their worker and per-worker audit files; not a win on this one.`,
-    "- The agent's CPU per request is mostly Node.js itself: TLS records and socket writes, the HTTP server's parser, undici's client to the upstream; the inspection (policy, schema validation, limits, audit hashing, metrics) is a minority share. Profile it with `npm run bench -- --only agent --profile DIR` (the agent runs under `--cpu-prof`; `node --import tsx bench/profile.ts DIR` prints the top functions by self time).",
+    `- Where the agent's CPU goes: a Node.js mTLS proxy that inspects nothing (node-bare) spends ${fmt(m(bare.cpuProxy), 0)} µs per request here (${fmt(m(bare.cpuProxy) / Math.max(1, m(nginx.cpuProxy)), 1)}× nginx); the agent ${fmt(m(agent.cpuProxy), 0)} µs, so ${fmt(m(agent.cpuProxy) - m(bare.cpuProxy), 0)} µs go to what only the agent does (JSON parse and pre-scan, sessions, policy, schema validation, limits, the hash-chained audit, metrics, alerts, SSE re-framing so no event is smuggled past the filter). Node.js's floor alone is above the issue's 1.5× nginx CPU target. Profile the agent with \`npm run bench -- --only agent --profile DIR\` (the agent runs under \`--cpu-prof\`; \`node --import tsx bench/profile.ts DIR\` prints the top functions by self time).`,
     "- The handshake loop runs the client side of every handshake in the load generator (one Node.js process, ECDSA P-256), which caps both targets; the ratio is the comparison.",
   ];
 }
