@@ -5,10 +5,12 @@ import { isIP } from "node:net";
 import { InvalidArgumentError, StateError } from "../lib/errors.ts";
 import { ensurePrivateDir, exists, writeFileAtomic, writePrivateFileAtomic } from "../lib/files.ts";
 import { makeSpiffeId, validateTrustDomain, validateIdentityPath, parseSpiffeId } from "../lib/spiffe.ts";
-import { x509, derToPem, fingerprint, normalizeSerial } from "../lib/x509.ts";
+import { KeyObject } from "node:crypto";
+import { x509, crypto, derToPem, fingerprint, normalizeSerial, pemToDer } from "../lib/x509.ts";
+import { children, readWhole } from "./der.ts";
 import { CaExistsError, ForbiddenError, NotFoundError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
-import { acceptCsr, DEFAULT_TTL_MS, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer } from "./profile.ts";
+import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
 import { CaStore, type CertKind, type CertRecord } from "./store.ts";
 import { encodeToken, hashTokenSecret, newTokenSecret, decodeToken } from "./token.ts";
 
@@ -98,7 +100,7 @@ export class Authority extends EventEmitter {
   readonly #clock: () => number;
   #crl: { pem: string; at: number; nextUpdate: number; dataVersion: string } | null = null;
 
-  private constructor(dir: string, config: CaConfig, rootPem: string, intPem: string, issuerKey: CryptoKey, store: CaStore, clock: () => number) {
+  private constructor(dir: string, config: CaConfig, rootPem: string, intPem: string, issuerKey: CryptoKey, signer: KeyObject, store: CaStore, clock: () => number) {
     super();
     this.dir = dir;
     this.config = config;
@@ -107,7 +109,7 @@ export class Authority extends EventEmitter {
     this.root = new x509.X509Certificate(rootPem);
     this.intermediate = new x509.X509Certificate(intPem);
     this.#store = store;
-    this.#issuer = { cert: this.intermediate, key: issuerKey };
+    this.#issuer = makeIssuer(intPem, issuerKey, signer);
     this.#clock = clock;
   }
 
@@ -190,7 +192,7 @@ export class Authority extends EventEmitter {
     store.addEvent("ca.init", { detail: { trustDomain: opts.trustDomain, url: config.url, rootFingerprint: config.rootFingerprint } }, now);
     writeFileAtomic(join(opts.dir, FILES.config), JSON.stringify(config, null, 2) + "\n", 0o600);
     const intSigning = await toWebCryptoSigningKey(intKeys.privateKey);
-    return new Authority(opts.dir, config, rootPem, intPem, intSigning, store, clock);
+    return new Authority(opts.dir, config, rootPem, intPem, intSigning, intKeys.privateKey, store, clock);
   }
 
   /** Opens an existing CA; the passphrase decrypts the intermediate key (the root key stays encrypted on disk). */
@@ -207,7 +209,7 @@ export class Authority extends EventEmitter {
     if (fingerprint(rootPem) !== config.rootFingerprint) throw new StateError(`${join(opts.dir, FILES.root)} does not match the fingerprint recorded in ca.json`);
     const key = decryptPrivateKey(intKeyPem, opts.passphrase, "the intermediate CA key");
     const store = CaStore.open(join(opts.dir, FILES.db));
-    return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), store, opts.clock ?? Date.now);
+    return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), key, store, opts.clock ?? Date.now);
   }
 
   /**
@@ -265,12 +267,13 @@ export class Authority extends EventEmitter {
     if (!rec) throw new TokenRejectedError("MCPMESH_TOKEN_UNKNOWN", "token: unknown to this CA");
     if (rec.usedAt !== null) throw new TokenRejectedError("MCPMESH_TOKEN_USED", "token: already used (tokens are single-use; ask for a new one)");
     if (rec.expiresAt <= now) throw new TokenRejectedError("MCPMESH_TOKEN_EXPIRED", "token: expired (ask for a new one)");
-    const publicKey = await acceptCsr(csrPem);
-    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, publicKey });
+    const spki = acceptCsr(csrPem);
+    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.certTtlMs, rec.dns, rec.ips, now, "enroll", null);
     // Redemption and recording are one transaction: of two concurrent enrollments only one can flip used_at, and the
-    // loser's certificate is never recorded nor returned.
-    const won = this.#store.transaction(() => {
+    // loser's certificate is never recorded nor returned. Concurrent issuances share one durable commit (group
+    // commit); this one's answer waits for it.
+    const won = await this.#store.groupCommit(() => {
       if (!this.#store.redeemToken(hash, this.#clock(), record.serial)) return false;
       this.#store.insertCert(record);
       this.#store.addEvent("cert.enrolled", { identity: rec.identity, serial: record.serial, detail: { kind: rec.kind, notAfter: record.notAfter } }, now);
@@ -294,10 +297,10 @@ export class Authority extends EventEmitter {
     if (requestedIdentity !== undefined && requestedIdentity !== null && requestedIdentity !== rec.identity) {
       throw new RenewRejectedError("MCPMESH_IDENTITY_MISMATCH", `identity: a certificate for ${rec.identity} can only renew ${rec.identity}`);
     }
-    const publicKey = await acceptCsr(csrPem);
-    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, publicKey });
+    const spki = acceptCsr(csrPem);
+    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.ttlMs, rec.dns, rec.ips, now, "renew", rec.serial);
-    const ok = this.#store.transaction(() => {
+    const ok = await this.#store.groupCommit(() => {
       // Re-check inside the transaction: a revocation that landed while we were signing must win.
       const current = this.#store.getCert(rec.serial);
       if (!current || current.revokedAt !== null) return false;
@@ -316,16 +319,17 @@ export class Authority extends EventEmitter {
 
   #authenticate(peer: { leafDer: Uint8Array | null; chainTrusted: boolean }, now: number): CertRecord {
     if (!peer.leafDer) throw new RenewRejectedError("MCPMESH_NO_CLIENT_CERT", "certificate: none presented (renewal and revocation need the current certificate over mTLS)");
-    let leaf: x509.X509Certificate;
+    const leafDer = Buffer.from(peer.leafDer.buffer, peer.leafDer.byteOffset, peer.leafDer.byteLength);
+    let serial: string;
     try {
-      leaf = new x509.X509Certificate(new Uint8Array(peer.leafDer));
+      serial = certificateSerial(leafDer);
     } catch {
       throw new RenewRejectedError("MCPMESH_CERT_UNKNOWN", "certificate: unreadable");
     }
-    const rec = this.#store.getCert(normalizeSerial(leaf.serialNumber));
-    // A certificate we did not issue is unknown whatever chain it came with; comparing the stored PEM's bytes also
-    // rules out a foreign certificate that happens to reuse one of our serials.
-    if (!rec || Buffer.compare(Buffer.from(new x509.X509Certificate(rec.pem).rawData), Buffer.from(leaf.rawData)) !== 0) {
+    const rec = this.#store.getCert(serial);
+    // A certificate we did not issue is unknown whatever chain it came with; comparing the stored certificate's bytes
+    // also rules out a foreign certificate that happens to reuse one of our serials.
+    if (!rec || !pemToDer(rec.pem).equals(leafDer)) {
       throw new RenewRejectedError("MCPMESH_CERT_UNKNOWN", "certificate: not issued by this CA");
     }
     if (rec.revokedAt !== null) throw new RenewRejectedError("MCPMESH_CERT_REVOKED", "certificate: revoked; it cannot renew (enroll again with a new token)");
@@ -394,7 +398,7 @@ export class Authority extends EventEmitter {
   }
 
   /** A serverAuth certificate for the CA's own HTTPS endpoint, named after the host in its URL. */
-  async issueServerCertificate(keyPublic: CryptoKey): Promise<IssuedCertificate> {
+  async issueServerCertificate(keyPublic: CryptoKey | KeyObject): Promise<IssuedCertificate> {
     const now = this.#clock();
     const host = new URL(this.config.url).hostname.replace(/^\[|\]$/g, "");
     const dns = isIP(host) ? [] : [host];
@@ -403,7 +407,8 @@ export class Authority extends EventEmitter {
     validateSans(dns, ips);
     const identity = makeSpiffeId(this.trustDomain, "mcpmesh/ca").uri;
     const ttl = DEFAULT_TTL_MS.server;
-    const cert = await signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, publicKey: keyPublic });
+    const spki = keyPublic instanceof KeyObject ? keyPublic.export({ type: "spki", format: "der" }) : Buffer.from(await crypto.subtle.exportKey("spki", keyPublic));
+    const cert = signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
     const record = this.#record(cert, "server", identity, ttl, dns, ips, now, "server", null);
     this.#store.transaction(() => {
       this.#store.insertCert(record);
@@ -421,16 +426,25 @@ export class Authority extends EventEmitter {
     return this.#store.revocationsAfter(cursor);
   }
 
-  #record(cert: x509.X509Certificate, kind: CertKind, identity: string, ttlMs: number, dns: string[], ips: string[], now: number, via: CertRecord["via"], parent: string | null): CertRecord {
+  #record(cert: SignedLeaf, kind: CertKind, identity: string, ttlMs: number, dns: string[], ips: string[], now: number, via: CertRecord["via"], parent: string | null): CertRecord {
     return {
-      serial: normalizeSerial(cert.serialNumber), identity, kind, notBefore: cert.notBefore.getTime(), notAfter: cert.notAfter.getTime(),
-      ttlMs, dns, ips, pem: cert.toString("pem") + "\n", issuedAt: now, via, parentSerial: parent, revokedAt: null, reason: null,
+      serial: cert.serial, identity, kind, notBefore: cert.notBefore, notAfter: cert.notAfter,
+      ttlMs, dns, ips, pem: cert.pem, issuedAt: now, via, parentSerial: parent, revokedAt: null, reason: null,
     };
   }
 
   #issued(r: CertRecord): IssuedCertificate {
     return { serial: r.serial, identity: r.identity, kind: r.kind, notBefore: r.notBefore, notAfter: r.notAfter, chainPem: r.pem + this.intermediatePem, rootsPem: this.rootPem };
   }
+}
+
+/** The serial of a DER certificate, normalized; throws on anything that is not a Certificate's outer structure. */
+function certificateSerial(der: Buffer): string {
+  const [tbs] = children(readWhole(der, 0x30));
+  const fields = tbs?.tag === 0x30 ? children(tbs) : [];
+  const serial = fields[0]?.tag === 0xa0 ? fields[1] : fields[0];
+  if (!serial || serial.tag !== 0x02 || serial.value.length === 0) throw new Error("no serialNumber");
+  return normalizeSerial(serial.value.toString("hex"));
 }
 
 const CRL_REASONS: Record<string, x509.X509CrlReason | undefined> = {

@@ -8,7 +8,7 @@ import { pemToDer } from "../lib/x509.ts";
 import { parseHostPort } from "../lib/net.ts";
 import type { Authority, IssuedCertificate } from "./authority.ts";
 import type { CertRecord } from "./store.ts";
-import { toWebCryptoPublicKey } from "./keys.ts";
+
 import { RevocationFeed, WATCH_PATH } from "./watch.ts";
 
 /**
@@ -175,7 +175,7 @@ export function createCaHandler(authority: ApiAuthority, log: Logger) {
 
 async function serverCredentials(authority: ApiAuthority): Promise<{ key: KeyObject; cert: string; notAfter: number }> {
   const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const issued = await authority.issueServerCertificate(await toWebCryptoPublicKey(publicKey));
+  const issued = await authority.issueServerCertificate(publicKey);
   return { key: privateKey, cert: issued.chainPem, notAfter: issued.notAfter };
 }
 

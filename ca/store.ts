@@ -65,6 +65,8 @@ CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
 CREATE TABLE IF NOT EXISTS events (
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, type TEXT NOT NULL, identity TEXT, serial TEXT,
   detail TEXT NOT NULL);
+-- The live feed asks "revocations after event N" every 150 ms; without this it scans every issuance's event.
+CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
 `;
 
 type Row = Record<string, any>;
@@ -131,6 +133,47 @@ export class CaStore {
 
   transaction<T>(fn: () => T): T {
     return this.#db.transaction(fn).immediate();
+  }
+
+  #pending: Array<{ fn: () => unknown; resolve: (v: any) => void; reject: (e: unknown) => void }> = [];
+
+  /**
+   * Group commit: `fn` runs inside one IMMEDIATE transaction shared with every other `groupCommit` queued in the same
+   * turn of the event loop, each in its own savepoint (a throwing `fn` undoes only its own writes and rejects only its
+   * own promise). Promises settle after the shared COMMIT, so a caller answers only once its writes are durable;
+   * with synchronous=FULL that is one fsync for the whole group instead of one per issuance. A failed COMMIT rejects
+   * the whole group.
+   */
+  groupCommit<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      if (this.#pending.length === 0) setImmediate(() => this.#flush());
+      this.#pending.push({ fn, resolve, reject });
+    });
+  }
+
+  #flush(): void {
+    const batch = this.#pending;
+    this.#pending = [];
+    const results: Array<{ ok: true; value: unknown } | { ok: false; error: unknown }> = [];
+    try {
+      this.#db.transaction(() => {
+        for (const item of batch) {
+          try {
+            results.push({ ok: true, value: this.#db.transaction(item.fn)() }); // nested: a SAVEPOINT
+          } catch (error) {
+            results.push({ ok: false, error });
+          }
+        }
+      }).immediate();
+    } catch (e) {
+      for (const item of batch) item.reject(e);
+      return;
+    }
+    batch.forEach((item, i) => {
+      const r = results[i];
+      if (r.ok) item.resolve(r.value);
+      else item.reject(r.error);
+    });
   }
 
   insertToken(t: TokenRecord): void {
