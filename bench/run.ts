@@ -3,7 +3,14 @@
  * side in one run on the same machine, then the CA's issuance, memory and revocation benches. Writes
  * docs/benchmarks.md (generated; never edit it by hand).
  *
- *   npm run bench [-- --quick] [--seconds S] [--rounds R] [--connections C] [--out FILE] [--no-write] [--only agent]
+ *   npm run bench [-- --quick] [--seconds S] [--rounds R] [--connections C] [--handshake-loops L] [--out FILE] [--no-write]
+ *   npm run bench -- --only proxy            # the proxy comparison only (no issuance, memory, revocation)
+ *   npm run bench -- --only agent [--profile DIR] [--compare CHECKOUT]
+ *       load on the agent alone; --profile runs it under --cpu-prof and prints its top functions; --compare also
+ *       measures the agent of another checkout (e.g. `git archive` of an older commit) in alternating rounds.
+ *
+ * The issuance, memory and revocation benches (bench/issuance.ts, memory.ts, revocation.ts) take their settings
+ * from their own environment variables; see each file.
  *
  * What runs, each in its own process: the upstream MCP server (examples/notes-server.ts, plain HTTP on loopback),
  * the agent (`bin/mcpmesh.js agent run`, full default pipeline: mTLS gate, policy, schema validation, rate limits set
@@ -312,6 +319,9 @@ async function main(): Promise<void> {
   const scrape = adminUrl ? await (await fetch(`${adminUrl}/metrics`)).text() : "";
   const counted = /mcpmesh_calls_total\{[^}]*tool="read-note",decision="allow"\} (\d+)/.exec(scrape)?.[1];
 
+  // The module benches read their own flags from argv (--connections, --rounds, ... mean other things there); they
+  // get none of this command's, and take their settings from their environment variables (BENCH_ISSUE_N, ...).
+  process.argv.splice(2);
   const sections: Section[] = ONLY_PROXY ? [] : await moduleBenches();
 
   // --- the report ---
