@@ -5,7 +5,7 @@
  *
  *   npm run bench [-- --quick] [--seconds S] [--rounds R] [--connections C] [--handshake-loops L] [--out FILE] [--no-write]
  *   npm run bench -- --only proxy            # the proxy comparison only (no issuance, memory, revocation)
- *   npm run bench -- --only agent [--profile DIR] [--compare CHECKOUT]
+ *   npm run bench -- --only agent [--handshakes] [--profile DIR] [--compare CHECKOUT]
  *       load on the agent alone; --profile runs it under --cpu-prof and prints its top functions; --compare also
  *       measures the agent of another checkout (e.g. `git archive` of an older commit) in alternating rounds.
  *
@@ -285,10 +285,13 @@ async function main(): Promise<void> {
       cleanup.add(() => base.stop());
       list.push({ name: "baseline", url: base.ready, tls: true, pids: () => [base.child.pid!] });
     }
-    for (const t of list) await measure(t, "calls", CONNECTIONS, 2);
+    // --handshakes: the full-handshake loop instead of calls.
+    const mode: Job["mode"] = process.argv.includes("--handshakes") ? "handshakes" : "calls";
+    const conns = mode === "calls" ? CONNECTIONS : HANDSHAKE_LOOPS;
+    for (const t of list) await measure(t, mode, conns, 2);
     for (let i = 0; i < ROUNDS; i++) {
       for (const t of i % 2 ? [...list].reverse() : list) {
-        const s = await measure(t, "calls", CONNECTIONS, SECONDS);
+        const s = await measure(t, mode, conns, SECONDS);
         log(`  ${t.name.padEnd(8)} ${fmt(s.r.ok / (s.r.wallMs / 1000), 0)} req/s, proxy ${fmt((s.cpuMs.proxy * 1000) / Math.max(1, s.r.ok), 0)} µs/req, upstream ${fmt((s.cpuMs.upstream * 1000) / Math.max(1, s.r.ok), 0)} µs/req, loadgen ${fmt((s.cpuMs.loadgen * 1000) / Math.max(1, s.r.ok), 0)} µs/req, errors ${s.r.errors}/${s.r.non200} ${s.r.firstError ?? ""}`);
       }
     }
