@@ -174,7 +174,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
     const header = ["revoked with", "measured from", "p50 ms", "p99 ms", "max ms", "connections"];
     const row = (a: string, b: string, xs: number[], unit = String(xs.length)) => `| ${a} | ${b} | ${stat(xs).join(" | ")} | ${unit} |`;
     const md = [
-      `${agentsN} \`mcpmesh agent run\` processes subscribed to \`mcpmesh ca serve\`'s live feed; ${rounds} rounds per method, each revoking a fresh identity that holds one live mTLS connection to every agent. \`ca revoke\` is the real CLI (a new process writing the CA database; \`ca serve\` finds the revocation by polling its store every 150 ms); the API is \`POST /v1/revoke\` by an admin identity over mTLS (pushed at once). Close times taken at the client; commit = the revocation's revoked_at in the CA database.`,
+      `${agentsN} \`mcpmesh agent run\` processes subscribed to \`mcpmesh ca serve\`'s live feed; ${rounds} rounds per method, each revoking a fresh identity that holds one live mTLS connection to every agent. \`ca revoke\` is the real CLI (a new process writing the CA database; \`ca serve\` notices its WAL change, with a 150 ms store poll as the fallback); the API is \`POST /v1/revoke\` by an admin identity over mTLS (pushed at once). Close times taken at the client; commit = the revocation's revoked_at in the CA database.`,
       "",
       "| " + header.join(" | ") + " |",
       "| --- | --- | ---: | ---: | ---: | ---: |",

@@ -243,6 +243,11 @@ export class Authority extends EventEmitter {
     this.#store.close();
   }
 
+  /** The store's write-ahead log: it changes on every write by any process (the live feed watches it). */
+  get storeWalPath(): string {
+    return join(this.dir, `${FILES.db}-wal`);
+  }
+
   get store(): CaStore {
     return this.#store;
   }

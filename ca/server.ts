@@ -200,7 +200,7 @@ export async function startCaServer(opts: CaServerOptions): Promise<RunningCaSer
   server.on("tlsClientError", (err, sock) => {
     log.warn({ event: "tls_error", remote: sock.remoteAddress, reason: err.message }, "TLS handshake failed");
   });
-  const feed = new RevocationFeed({ authority, logger: log, pollMs: opts.watchPollMs, heartbeatMs: opts.watchHeartbeatMs });
+  const feed = new RevocationFeed({ authority, logger: log, pollMs: opts.watchPollMs, heartbeatMs: opts.watchHeartbeatMs, watchFile: authority.storeWalPath });
   server.on("upgrade", (req: IncomingMessage, socket, head: Buffer) => {
     const path = (req.url ?? "/").split("?")[0];
     if (path !== WATCH_PATH || req.method !== "GET") {

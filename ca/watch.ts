@@ -1,3 +1,4 @@
+import { watch, type FSWatcher } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
@@ -15,8 +16,8 @@ import type { CertRecord, RevocationEvent } from "./store.ts";
  * - `{ type: "revoked", identity, serials, reason, at }` for each revocation, pushed as soon as it is recorded.
  *
  * Revocations made through this process's Authority are pushed immediately; those written to the database by another
- * process (`mcpmesh ca revoke` runs on the store alone) are found by polling the store's revocation events every
- * `pollMs` (150 ms), so they reach subscribers well within a second. Pings every `heartbeatMs`; a subscriber that
+ * process (`mcpmesh ca revoke` runs on the store alone) are found when the store's WAL file changes (`watchFile`,
+ * inotify on Linux) and, as a fallback, by polling the store's revocation events every `pollMs` (150 ms). Pings every `heartbeatMs`; a subscriber that
  * misses one pong is dropped. A subscriber whose own certificate is revoked, or reaches notAfter, is disconnected.
  */
 export type WatchMessage =
@@ -24,12 +25,19 @@ export type WatchMessage =
   | { type: "revoked"; identity: string; serials: string[]; reason: string | null; at: string };
 
 export const WATCH_PATH = "/v1/watch";
+/** After the last WAL write: look again at these times (ms), in case the commit became visible late (a busy host). */
+const TRAILING_LOOKS_MS = [25, 100, 400, 1600];
 
 export interface RevocationFeedOptions {
   authority: Pick<Authority, "authenticatePeer" | "crlPem" | "revocationsAfter" | "on" | "off">;
   logger?: Logger;
   pollMs?: number;
   heartbeatMs?: number;
+  /**
+   * A file that changes whenever the store is written (its WAL): a change makes the feed look at once, so a
+   * revocation by another process does not wait for the next poll. The poll stays as the fallback.
+   */
+  watchFile?: string;
 }
 
 interface Subscriber {
@@ -40,13 +48,16 @@ interface Subscriber {
 }
 
 export class RevocationFeed {
-  readonly #o: Required<Omit<RevocationFeedOptions, "logger">> & { logger: Logger };
+  readonly #o: Required<Omit<RevocationFeedOptions, "logger" | "watchFile">> & { logger: Logger };
   readonly #wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024, clientTracking: false });
   readonly #subs = new Set<Subscriber>();
   #cursor: number;
   readonly #poll: NodeJS.Timeout;
   readonly #heartbeat: NodeJS.Timeout;
   readonly #onRevoked = () => this.check();
+  #watcher: FSWatcher | undefined;
+  #lookSoon = false;
+  #trailing: NodeJS.Timeout | undefined;
 
   constructor(opts: RevocationFeedOptions) {
     this.#o = { ...opts, pollMs: opts.pollMs ?? 150, heartbeatMs: opts.heartbeatMs ?? 15_000, logger: opts.logger ?? silentLogger() };
@@ -56,6 +67,38 @@ export class RevocationFeed {
     this.#heartbeat = setInterval(() => this.#beat(), this.#o.heartbeatMs);
     this.#heartbeat.unref();
     this.#o.authority.on("revoked", this.#onRevoked);
+    if (opts.watchFile) {
+      try {
+        this.#watcher = watch(opts.watchFile, { persistent: false }, () => this.#soon());
+        this.#watcher.on("error", () => this.#watcher?.close());
+      } catch (e) {
+        this.#o.logger.warn({ event: "watch_file_unavailable", file: opts.watchFile, reason: (e as Error).message }, "store changes not watched; revocations by other processes arrive with the poll");
+      }
+    }
+  }
+
+  /**
+   * A writer's WAL write is seen before its commit is visible (the fsync and the shared-memory index update follow
+   * it), so one look right away and trailing looks after the last write (until 1.6 s); bursts of writes (every issuance
+   * writes the WAL) coalesce into one pending look of each kind.
+   */
+  #soon(): void {
+    if (!this.#lookSoon) {
+      this.#lookSoon = true;
+      setImmediate(() => {
+        this.#lookSoon = false;
+        this.check();
+      });
+    }
+    clearTimeout(this.#trailing);
+    const look = (i: number) => {
+      this.#trailing = setTimeout(() => {
+        this.check();
+        if (i + 1 < TRAILING_LOOKS_MS.length) look(i + 1);
+      }, TRAILING_LOOKS_MS[i] - (i > 0 ? TRAILING_LOOKS_MS[i - 1] : 0));
+      this.#trailing.unref();
+    };
+    look(0);
   }
 
   get subscribers(): number {
@@ -157,6 +200,8 @@ export class RevocationFeed {
   close(): void {
     clearInterval(this.#poll);
     clearInterval(this.#heartbeat);
+    this.#watcher?.close();
+    clearTimeout(this.#trailing);
     this.#o.authority.off("revoked", this.#onRevoked);
     for (const sub of this.#subs) sub.ws.terminate();
     this.#subs.clear();
