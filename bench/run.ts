@@ -312,7 +312,8 @@ async function main(): Promise<void> {
   const tp = await rounds(tpTargets, "calls", CONNECTIONS, SECONDS, ROUNDS);
   const latSeconds = Math.max(2, Math.round(SECONDS / 2));
   log(`single-client latency: ${ROUNDS} rounds × ${latSeconds} s, 1 connection:`);
-  const lat = await rounds(targets, "calls", 1, latSeconds, ROUNDS);
+  const latTargets = [...targets, tpTargets.find((t) => t.name === "node-bare")!];
+  const lat = await rounds(latTargets, "calls", 1, latSeconds, ROUNDS);
   log(`full mTLS handshakes: ${ROUNDS} rounds × ${latSeconds} s, ${HANDSHAKE_LOOPS} loops, a new connection per request:`);
   const hs = await rounds(targets.filter((t) => t.tls), "handshakes", HANDSHAKE_LOOPS, latSeconds, ROUNDS);
 
@@ -346,7 +347,7 @@ async function main(): Promise<void> {
   });
   const tpTable = table(["target", "req/s", "min–max", "p50 ms", "p99 ms", "proxy µs/req", "upstream µs/req", "loadgen µs/req", "proxy cores", "CPU ceiling req/s", "vs nginx", "vs direct", "err/non-200"], rows);
   const dP50 = median(lat.get("direct")!.p50);
-  const latRows = targets.map((t) => {
+  const latRows = latTargets.map((t) => {
     const s = lat.get(t.name)!;
     const p = median(s.p50);
     return [t.name, fmt(p * 1000, 0), range(s.p50.map((x) => x * 1000)), fmt(median(s.p99) * 1000, 0), t.name === "direct" ? "-" : fmt((p - dP50) * 1000, 0), `${s.errors}/${s.non200}`];
