@@ -11,7 +11,8 @@
  * repetitions. Every certificate of every run is checked afterwards: `openssl verify` of a sample against the CA's
  * chain and the database count of what was issued.
  *
- *   node --import tsx bench/issuance.ts [--quick] [--n 3000] [--reps 3] [--connections 64]
+ *   node --import tsx bench/issuance.ts [--quick] [--issue-n 4000] [--issue-reps 3] [--issue-connections 64]
+ *   (or BENCH_ISSUE_N / BENCH_ISSUE_REPS / BENCH_ISSUE_CONNECTIONS; BENCH_ISSUE_PROFILE=DIR runs the CA under --cpu-prof)
  */
 import { spawn } from "node:child_process";
 import { generateKeyPairSync, sign } from "node:crypto";
@@ -198,9 +199,9 @@ const range = (xs: number[], d = 0) => (xs.length === 1 || fmt(Math.min(...xs), 
 
 export async function run(opts: { quick?: boolean } = {}): Promise<{ title: string; markdown: string; notes?: string[] }> {
   const quick = opts.quick ?? false;
-  const n = intSetting("n", "BENCH_ISSUE_N", quick ? 1000 : 4000);
-  const reps = Math.max(1, intSetting("reps", "BENCH_ISSUE_REPS", quick ? 1 : 3));
-  const connections = Math.max(1, intSetting("connections", "BENCH_ISSUE_CONNECTIONS", 64));
+  const n = intSetting("issue-n", "BENCH_ISSUE_N", quick ? 1000 : 4000);
+  const reps = Math.max(1, intSetting("issue-reps", "BENCH_ISSUE_REPS", quick ? 1 : 3));
+  const connections = Math.max(1, intSetting("issue-connections", "BENCH_ISSUE_CONNECTIONS", 64));
   const newConnN = Math.max(50, Math.floor(n / 4));
   const cleanup = new Cleanup();
   const tmp = mkdtempSync(join(tmpdir(), "mcpmesh-bench-issue-"));

@@ -9,7 +9,8 @@
  * the revoke command's start (includes the CLI's own start-up) and from the revocation's commit (its revoked_at in
  * the CA database) to each connection's close, p50/p99/max over all rounds × connections.
  *
- *   node --import tsx bench/revocation.ts [--quick] [--rounds 20] [--agents 10]
+ *   node --import tsx bench/revocation.ts [--quick] [--revoke-rounds 20] [--revoke-agents 10]
+ *   (or BENCH_REVOKE_ROUNDS / BENCH_REVOKE_AGENTS; flag names are unique so bench/run.ts can pass its own flags)
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -84,8 +85,8 @@ function runCli(args: string[]): Promise<{ code: number | null; out: string }> {
 
 export async function run(opts: { quick?: boolean } = {}): Promise<{ title: string; markdown: string; notes?: string[] }> {
   const quick = opts.quick ?? false;
-  const rounds = Math.max(1, intSetting("rounds", "BENCH_REVOKE_ROUNDS", quick ? 6 : 20));
-  const agentsN = Math.max(1, intSetting("agents", "BENCH_REVOKE_AGENTS", 10));
+  const rounds = Math.max(1, intSetting("revoke-rounds", "BENCH_REVOKE_ROUNDS", quick ? 6 : 20));
+  const agentsN = Math.max(1, intSetting("revoke-agents", "BENCH_REVOKE_AGENTS", 10));
   const cleanup = new Cleanup(15_000);
   const tmp = mkdtempSync(join(tmpdir(), "mcpmesh-bench-revoke-"));
   cleanup.add(() => rmSync(tmp, { recursive: true, force: true }));
