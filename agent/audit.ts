@@ -40,6 +40,14 @@ export function hashArguments(args: unknown): string | undefined {
  * continues across agent restarts (the last line of the file is read at start) and across rotations.
  */
 export const GENESIS = "0".repeat(64);
+
+/**
+ * Records are written in batches: after AUDIT_BATCH_MS, or at once when AUDIT_BATCH_RECORDS are queued, one
+ * asynchronous write per batch (a write per request would cost more than the request). `flush()` and `close()`
+ * (agent shutdown) write everything queued.
+ */
+const AUDIT_BATCH_MS = 10;
+const AUDIT_BATCH_RECORDS = 512;
 const HASH_SUFFIX = /,"hash":"([0-9a-f]{64})"\}$/;
 
 export function chainHash(textWithoutHash: string): string {
@@ -59,7 +67,7 @@ export interface AuditLogOptions {
 
 /**
  * The audit log: JSON lines, hash-chained, to a file (appended, rotated by size) or stdout. `record()` only queues;
- * serialization, hashing (in record order) and the write happen after the current tick, batched, with asynchronous
+ * serialization, hashing (in record order) and the write happen in batches (every 10 ms at most), with asynchronous
  * writes, so auditing never blocks the request path.
  */
 export class AuditLog implements AuditSink {
@@ -69,7 +77,7 @@ export class AuditLog implements AuditSink {
   #prev = GENESIS;
   #seq = 0;
   #queue: { time: number; r: AuditRecord }[] = [];
-  #scheduled = false;
+  #timer: NodeJS.Timeout | undefined;
   #writing: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -90,14 +98,18 @@ export class AuditLog implements AuditSink {
   record(r: AuditRecord): void {
     if (this.#closed) return;
     this.#queue.push({ time: Date.now(), r });
-    if (!this.#scheduled) {
-      this.#scheduled = true;
-      setImmediate(() => {
-        this.#scheduled = false;
-        this.#writing = this.#writing.then(() => this.#drain());
-      });
-    }
+    if (this.#queue.length >= AUDIT_BATCH_RECORDS) this.#kick();
+    else if (!this.#timer) this.#timer = setTimeout(this.#kick, AUDIT_BATCH_MS);
   }
+
+  /** Chains a drain of what is queued behind the writes already started (one writer, so records stay in order). */
+  #kick = (): void => {
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    this.#writing = this.#writing.then(() => this.#drain());
+  };
 
   #serialize(item: { time: number; r: AuditRecord }): string {
     const body = JSON.stringify({ level: 30, time: new Date(item.time).toISOString(), log: "audit", seq: ++this.#seq, ...item.r });
@@ -161,9 +173,8 @@ export class AuditLog implements AuditSink {
 
   /** Resolves once everything recorded so far is written. */
   async flush(): Promise<void> {
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    this.#kick();
     await this.#writing;
-    if (this.#queue.length > 0) await this.#drain();
   }
 
   async close(): Promise<void> {

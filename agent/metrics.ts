@@ -89,11 +89,23 @@ export class AgentMetrics {
   readonly #webhookFailed: Counter;
   readonly #sources: MetricsSources;
   readonly #started = Date.now();
+  /**
+   * mcpmesh_calls_total is counted here, per label set, and handed to prom-client when the metric is read (scrape or
+   * status): prom-client hashes the label object on every inc(), which is per-request work a plain map lookup avoids.
+   * The map holds one entry per label set, exactly what the counter itself holds.
+   */
+  readonly #pendingCalls = new Map<string, { labels: { identity: string; method: string; tool: string; decision: string }; n: number }>();
 
   constructor(sources: MetricsSources) {
     this.#sources = sources;
     const registers = [this.registry];
-    this.#calls = new Counter({ name: "mcpmesh_calls_total", help: "Client messages decided by the agent, by identity, method, tool and decision", labelNames: ["identity", "method", "tool", "decision"], registers });
+    const pending = this.#pendingCalls;
+    this.#calls = new Counter({ name: "mcpmesh_calls_total", help: "Client messages decided by the agent, by identity, method, tool and decision", labelNames: ["identity", "method", "tool", "decision"], registers, collect() {
+      for (const c of pending.values()) {
+        if (c.n > 0) this.inc(c.labels, c.n);
+        c.n = 0;
+      }
+    } });
     this.#limited = new Counter({ name: "mcpmesh_rate_limited_total", help: "Calls refused by a rate, concurrency or cool-down limit", labelNames: ["identity", "scope"], registers });
     this.#decision = new Histogram({
       name: "mcpmesh_decision_seconds", help: "Time the agent spent deciding one message", labelNames: ["method"], registers,
@@ -127,7 +139,12 @@ export class AgentMetrics {
   }
 
   decision(ev: DecisionEvent): void {
-    this.#calls.inc({ identity: ev.identity, method: ev.method, tool: ev.tool ?? "", decision: ev.decision });
+    const tool = ev.tool ?? "";
+    // Length-prefixed, so no tool name can make two label sets share a key.
+    const key = `${ev.identity.length}:${ev.identity}${ev.method.length}:${ev.method}${tool.length}:${tool}${ev.decision}`;
+    const c = this.#pendingCalls.get(key);
+    if (c) c.n++;
+    else this.#pendingCalls.set(key, { labels: { identity: ev.identity, method: ev.method, tool, decision: ev.decision }, n: 1 });
     this.#decision.observe({ method: ev.method }, ev.seconds);
     if (ev.failure === "rate") this.#limited.inc({ identity: ev.identity, scope: ev.limitScope ?? "" });
   }

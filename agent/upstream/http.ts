@@ -1,4 +1,4 @@
-import { Agent, request, type Dispatcher } from "undici";
+import { Agent, type Dispatcher } from "undici";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import { MeshError } from "../../lib/errors.ts";
@@ -23,11 +23,15 @@ export class HttpUpstream {
   readonly url: URL;
   readonly #dispatcher: Dispatcher;
   readonly #timeoutMs: number;
+  readonly #origin: string;
+  readonly #path: string;
   /** Sees each request's round trip (to the response headers) and outcome: metrics and upstream health. */
   observe?: (method: string, seconds: number, ok: boolean, error?: string) => void;
 
   constructor(opts: { url: string; socketPath?: string; timeoutMs: number; connections?: number }) {
     this.url = new URL(opts.url);
+    this.#origin = this.url.origin;
+    this.#path = `${this.url.pathname}${this.url.search}`;
     this.#timeoutMs = opts.timeoutMs;
     this.#dispatcher = new Agent({
       keepAliveTimeout: 30_000,
@@ -43,7 +47,8 @@ export class HttpUpstream {
   async send(method: "GET" | "POST" | "DELETE", headers: Record<string, string>, body?: Buffer, signal?: AbortSignal): Promise<UpstreamResponse> {
     const t0 = this.observe ? performance.now() : 0;
     try {
-      const res = await request(this.url, { method, headers, body, dispatcher: this.#dispatcher, signal, headersTimeout: this.#timeoutMs });
+      // The dispatcher directly, with the origin and path split once: undici's request(url) re-parses the URL each call.
+      const res = await this.#dispatcher.request({ origin: this.#origin, path: this.#path, method, headers, body, signal, headersTimeout: this.#timeoutMs });
       this.observe?.(method, (performance.now() - t0) / 1000, res.statusCode < 500, res.statusCode < 500 ? undefined : `HTTP ${res.statusCode}`);
       return { status: res.statusCode, headers: res.headers, body: res.body as unknown as Readable };
     } catch (e) {
