@@ -322,11 +322,12 @@ export function buildProgram(): Command {
     });
 
   program.command("demo")
-    .description("run a whole mesh on this machine, narrated: CA, enrollment, agent, policy, rotation, revocation")
-    .option("--keep", "keep the demo's files")
+    .description("run a whole mesh on this machine, narrated and checked: CA, enrollment, agent, policy, limits, revocation, rotation")
+    .option("--keep", "leave the mesh running and print how to connect MCP clients to it (Ctrl-C stops it)")
+    .addHelpText("after", "\nExamples:\n  mcpmesh demo            # exits 0 when every step behaved as expected\n  mcpmesh demo --keep     # then connect Claude Desktop, Cursor, VS Code or the MCP Inspector")
     .action(async (o) => {
-      const { runDemo } = await import("./demo.ts");
-      await runDemo({ keep: o.keep });
+      const { runDemoCli } = await import("./demo-cli.ts");
+      process.exitCode = await runDemoCli({ keep: !!o.keep });
     });
 
   return program;
