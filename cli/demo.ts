@@ -19,6 +19,7 @@ import { AuditLog, verifyAuditFiles, type AuditRecord, type AuditSink } from "..
 import { createLogger } from "../lib/log.ts";
 import { freePort } from "../lib/net.ts";
 import { MeshError } from "../lib/errors.ts";
+import { normalizeSerial } from "../lib/x509.ts";
 import { startNotesServer } from "../examples/notes-server/server.ts";
 
 /**
@@ -133,7 +134,7 @@ function agentSerial(url: string, idDir: string): Promise<string> {
   const u = new URL(url);
   return new Promise((resolve, reject) => {
     const s = tlsConnect({ host: u.hostname, port: Number(u.port), cert: id.certPem, key: id.keyPem, ca: id.rootsPem, checkServerIdentity: () => undefined }, () => {
-      const serial = s.getPeerCertificate().serialNumber.toLowerCase();
+      const serial = normalizeSerial(s.getPeerCertificate().serialNumber);
       s.destroy();
       resolve(serial);
     });
@@ -396,7 +397,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
           s.what.push(`writer renewed over mTLS: ${short(wr.previousSerial)} → ${short(wr.serial)}; its next connections use the new certificate`);
           await waitCalls(5);
           s.facts = { agentBefore, agentAfter, agentSerial: ar.serial, writerSerial: wr.serial };
-          expect(agentBefore !== agentAfter && agentAfter === ar.serial.toLowerCase(), "the agent does not present its renewed certificate");
+          expect(agentBefore !== agentAfter && agentAfter === normalizeSerial(ar.serial), "the agent does not present its renewed certificate");
         } finally {
           running = false;
           await traffic;
