@@ -27,3 +27,8 @@ export async function runExample(name: string, t: { after(fn: () => void): void 
   assert.equal(existsSync(dir), false, "the example removed its working directory");
   return out;
 }
+
+/** True when the example printed a passed check whose text contains `what`. */
+export function passed(out: string, what: string): boolean {
+  return out.split("\n").some((l) => l.startsWith("  ok   ") && l.includes(what));
+}
