@@ -279,13 +279,24 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
         s.facts = { decision: a?.decision, reason: a?.reason };
         expect(r.isError && a?.decision === "deny" && !notes.notes.has("../etc/passwd"), "the invalid argument was not rejected");
       }))
-      && (await run("writer-write", "The writer adds a note: allowed", async (s) => {
+      && (await run("writer-write", "The writer adds a note: allowed; deleting it: denied", async (s) => {
         const r: any = await writer.client.callTool({ name: "add-note", arguments: { title: "plans", body: "ship the mesh" } });
         s.what.push(`add-note title=plans → "${firstText(r)}"; the server now has: ${[...notes.notes.keys()].join(", ")}`);
         const a = lastAudit((x) => x.tool === "add-note" && x.identity === DEMO_IDS.writer);
         s.why.push(`allowed by rule ${a?.rule}: ${a?.reason}`);
         s.facts.rule = a?.rule;
         expect(!r.isError && notes.notes.get("plans") === "ship the mesh" && a?.rule === "writers-read-write", "the writer's write did not go through");
+        let code: number | undefined;
+        try {
+          await writer.client.callTool({ name: "delete-note", arguments: { title: "plans" } });
+        } catch (e) {
+          code = (e as { code?: number }).code;
+        }
+        const d = lastAudit((x) => x.tool === "delete-note" && x.identity === DEMO_IDS.writer);
+        s.what.push(`delete-note title=plans → ${code === undefined ? "ALLOWED (!)" : `JSON-RPC error ${code}`}; the note is ${notes.notes.has("plans") ? "still there" : "GONE"}`);
+        s.why.push(`denied by rule ${d?.rule}, although writers-read-write allows writes: a deny always wins`);
+        s.facts.deleteRule = d?.rule;
+        expect(code === -32602 && d?.decision === "deny" && d.rule === "nobody-deletes" && notes.notes.has("plans"), "delete-note was not denied by nobody-deletes");
       }))
       && (await run("outsider-refused", "The outsider holds a valid mesh certificate but no rule admits it", async (s) => {
         let connected = false;

@@ -33,6 +33,7 @@ test("runDemo: every step behaves as the mesh promises, and says why", async () 
   assert.equal(by["schema-rejected"].facts.decision, "deny");
   assert.match(String(by["schema-rejected"].facts.reason), /arguments\.title: must match pattern/);
   assert.equal(by["writer-write"].facts.rule, "writers-read-write");
+  assert.equal(by["writer-write"].facts.deleteRule, "nobody-deletes");
   assert.equal(by["outsider-refused"].facts.reason, "not_admitted");
   assert.equal(by["rate-limit"].facts.code, -32029);
   assert.ok((by["rate-limit"].facts.allowed as number) >= READER_RATE);
@@ -104,6 +105,7 @@ test("`mcpmesh demo` from the packed package: narrates every step, plain when pi
     /add-note → JSON-RPC error -32602/,
     /why: deny: invalid arguments: arguments\.title: must match pattern/,
     /why: allowed by rule writers-read-write/,
+    /why: denied by rule nobody-deletes, although writers-read-write allows writes/,
     /refused at the TLS handshake/,
     /handshake_refused, reason not_admitted/,
     /JSON-RPC error -32029/,
