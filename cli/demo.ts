@@ -87,6 +87,8 @@ export interface DemoOptions {
   onStep?: (s: DemoStep) => void;
   /** Aborting stops the demo at the next opportunity; everything started is stopped and removed. */
   signal?: AbortSignal;
+  /** Changes the agent's configuration before it starts (tests: a mesh that misbehaves must fail its step). */
+  agentConfig?: (config: Record<string, unknown>) => Record<string, unknown>;
 }
 
 class StepFailed extends Error {}
@@ -204,6 +206,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
       const ca = await startCaServer({ authority });
       cleanups.push(() => ca.close());
       caUrl = ca.url;
+      s.what.push(`working directory ${dir} (removed at the end)`);
       s.what.push(`root + intermediate keys (ECDSA P-256, encrypted at rest) for trust domain ${TRUST_DOMAIN}`);
       s.what.push(`CA API on ${ca.url}, root sha256:${authority.config.rootFingerprint.slice(0, 16)}…`);
       s.why.push("identities are SPIFFE IDs spiffe://demo.mesh/<path>, one URI SAN per certificate");
@@ -222,7 +225,8 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
         notes = await startNotesServer();
         cleanups.push(() => notes.close());
         const agentPort = await freePort();
-        writeFileSync(configFile, stringify(demoConfig({ port: agentPort, agentId: ids.agent, caUrl, upstream: notes.url, dir })));
+        const config = demoConfig({ port: agentPort, agentId: ids.agent, caUrl, upstream: notes.url, dir });
+        writeFileSync(configFile, stringify(opts.agentConfig ? opts.agentConfig(config) : config));
         agent = await startAgent(loadAgentConfig(configFile), { logger: createLogger({ name: "mcpmesh-agent", level: "debug", destination: sink }), audit });
         cleanups.push(() => agent.close());
         expect(await waitLog((l) => l.event === "feed_connected"), "the agent did not subscribe to the CA's revocation feed");

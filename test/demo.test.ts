@@ -55,6 +55,20 @@ test("runDemo: every step behaves as the mesh promises, and says why", async () 
   assert.equal(await listening(agentPort), false, "the agent was stopped");
 });
 
+test("runDemo fails the step whose promise the mesh breaks, stops there and cleans up", async () => {
+  // Without the deny rule, the writer's delete goes through: the step that shows "deny wins" must fail.
+  const r = await runDemo({ agentConfig: (c) => ({ ...c, rules: (c.rules as { id: string }[]).filter((x) => x.id !== "nobody-deletes") }) });
+  assert.equal(r.ok, false);
+  assert.equal(r.failed?.id, "writer-write");
+  assert.match(r.failed!.error!, /delete-note was not denied by nobody-deletes/);
+  assert.deepEqual(r.steps.map((s) => s.id), STEP_IDS.slice(0, STEP_IDS.indexOf("writer-write") + 1), "no step runs after the failed one");
+  assert.ok(r.steps.slice(0, -1).every((s) => s.ok));
+  const dir = /^working directory (\S+) /.exec(r.steps[0].what[0])?.[1];
+  assert.ok(dir);
+  assert.equal(existsSync(dir), false, "the demo's directory was removed");
+  assert.equal(await listening(Number(new URL(String(r.steps[2].facts.agentUrl)).port)), false, "the agent was stopped");
+});
+
 function listening(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect({ host: "127.0.0.1", port }, () => {
@@ -119,6 +133,29 @@ test("`mcpmesh demo` from the packed package: narrates every step, plain when pi
   const dir = /in (\/\S+)\/audit\.log; chain intact/.exec(stdout)?.[1];
   assert.ok(dir);
   assert.equal(existsSync(dir), false, "the demo's directory was removed");
+});
+
+test("`mcpmesh demo` interrupted with SIGINT: stops everything, removes its directory, exits 130", async (t) => {
+  const pkg = installedPackage(t);
+  const child = spawn(process.execPath, [join(pkg, "bin", "mcpmesh.js"), "demo"], { cwd: tmpdir(), env: childEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  t.after(() => child.kill("SIGKILL"));
+  let stdout = "";
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+      stdout += d;
+      if (/PASS \[3\]/.test(stdout)) resolve();
+    });
+    void exited.then((c) => reject(new Error(`exited ${c} early:\n${stdout}`)));
+  });
+  const dir = /working directory (\S+) /.exec(stdout)?.[1];
+  const agentPort = Number(/agent https:\/\/127\.0\.0\.1:(\d+)\/mcp/.exec(stdout)?.[1]);
+  assert.ok(dir && agentPort, stdout);
+  child.kill("SIGINT");
+  assert.equal(await exited, 130, stdout);
+  assert.match(stdout, /interrupted: everything the demo started was stopped and its files removed/);
+  assert.equal(existsSync(dir), false);
+  assert.equal(await listening(agentPort), false);
 });
 
 test("`mcpmesh demo --keep`: the mesh stays up with connect instructions; SIGINT stops it and removes its files", async (t) => {
