@@ -4,12 +4,12 @@
  * it would be installed (`npm pack`, unpacked, the checkout's node_modules linked in), so a file missing from the
  * package's "files" fails here. `--keep` leaves the mesh up until SIGINT, which stops it and removes its files.
  */
-import { test } from "node:test";
+import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { connect } from "node:net";
 import { runDemo, DEMO_IDS, READER_RATE, type DemoStep } from "../cli/demo.ts";
 import { REPO_ROOT } from "./helpers/cli.ts";
@@ -79,18 +79,22 @@ function listening(port: number): Promise<boolean> {
   });
 }
 
-/** `npm pack` of this checkout, unpacked into a temp dir with the checkout's node_modules linked in. */
-function installedPackage(t: { after(fn: () => void): void }): string {
+/** `npm pack` of this checkout, unpacked into a temp dir with the checkout's node_modules linked in (once per file). */
+let packed: string | undefined;
+after(() => {
+  if (packed) rmSync(dirname(packed), { recursive: true, force: true });
+});
+function installedPackage(): string {
+  if (packed) return packed;
   const dir = mkdtempSync(join(tmpdir(), "mcpmesh-pack-"));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  packed = join(dir, "package");
   execFileSync("npm", ["pack", "--silent", "--pack-destination", dir], { cwd: REPO_ROOT, stdio: ["ignore", "pipe", "pipe"] });
   const tgz = readdirSync(dir).find((f) => f.endsWith(".tgz"));
   assert.ok(tgz, "npm pack wrote a tarball");
   execFileSync("tar", ["-xzf", join(dir, tgz), "-C", dir]);
-  const pkg = join(dir, "package");
-  symlinkSync(join(REPO_ROOT, "node_modules"), join(pkg, "node_modules"));
-  assert.equal(existsSync(join(pkg, "test")), false, "tests are not shipped");
-  return pkg;
+  symlinkSync(join(REPO_ROOT, "node_modules"), join(packed, "node_modules"));
+  assert.equal(existsSync(join(packed, "test")), false, "tests are not shipped");
+  return packed;
 }
 
 function childEnv(): NodeJS.ProcessEnv {
@@ -101,7 +105,7 @@ function childEnv(): NodeJS.ProcessEnv {
 }
 
 test("`mcpmesh demo` from the packed package: narrates every step, plain when piped, exits 0", async (t) => {
-  const pkg = installedPackage(t);
+  const pkg = installedPackage();
   const child = spawn(process.execPath, [join(pkg, "bin", "mcpmesh.js"), "demo"], { cwd: tmpdir(), env: childEnv(), stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
   let stdout = "";
@@ -136,7 +140,7 @@ test("`mcpmesh demo` from the packed package: narrates every step, plain when pi
 });
 
 test("`mcpmesh demo` interrupted with SIGINT: stops everything, removes its directory, exits 130", async (t) => {
-  const pkg = installedPackage(t);
+  const pkg = installedPackage();
   const child = spawn(process.execPath, [join(pkg, "bin", "mcpmesh.js"), "demo"], { cwd: tmpdir(), env: childEnv(), stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
   let stdout = "";
@@ -159,7 +163,7 @@ test("`mcpmesh demo` interrupted with SIGINT: stops everything, removes its dire
 });
 
 test("`mcpmesh demo --keep`: the mesh stays up with connect instructions; SIGINT stops it and removes its files", async (t) => {
-  const pkg = installedPackage(t);
+  const pkg = installedPackage();
   const child = spawn(process.execPath, [join(pkg, "bin", "mcpmesh.js"), "demo", "--keep"], { cwd: tmpdir(), env: childEnv(), stdio: ["ignore", "pipe", "pipe"] });
   t.after(() => child.kill("SIGKILL"));
   let stdout = "";
