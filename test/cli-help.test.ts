@@ -27,7 +27,7 @@ test("every command's help ends with an example of that command", () => {
     const help = helpOf(c);
     const name = ["mcpmesh", ...path].join(" ");
     seen.push(name);
-    const block = /\nExamples?:\n((?: {2}.*\n?)+)$/.exec(help);
+    const block = /Examples?:\n((?: {2}.*\n?)+)$/.exec(help);
     assert.ok(block, `${name} --help has no Example block:\n${help}`);
     const lines = block[1].trim().split("\n").map((l) => l.trim());
     assert.ok(lines.some((l) => l.replace(/^[A-Z_]+=('[^']*'|\S+) /, "").startsWith(name)), `${name}: the example does not run ${name}:\n${block[1]}`);
