@@ -5,13 +5,24 @@ import { runDemo, DEMO_IDS, type DemoMesh, type DemoStep } from "./demo.ts";
  * Renders `mcpmesh demo` for a terminal: colour when stdout is a TTY (and NO_COLOR is unset), plain text when piped.
  * Returns the exit code: 0 when every step behaved as expected, 1 otherwise, 130 when interrupted.
  */
+export function painter(colour: boolean) {
+  const paint = (code: string) => (s: string) => (colour ? `\x1b[${code}m${s}\x1b[0m` : s);
+  return { bold: paint("1"), green: paint("32"), red: paint("31"), dim: paint("2") };
+}
+
+/** One step as the terminal shows it: a PASS/FAIL line, what happened, why, and what was expected instead. */
+export function renderStep(s: DemoStep, n: number, colour: boolean): string {
+  const { bold, green, red, dim } = painter(colour);
+  const lines = [`${s.ok ? green("✔ PASS") : red("✘ FAIL")} ${bold(`[${n}] ${s.title}`)}`];
+  for (const w of s.what) lines.push(`    ${w}`);
+  for (const w of s.why) lines.push(`    ${dim("why:")} ${w}`);
+  if (s.error) lines.push(`    ${red(`expected otherwise: ${s.error}`)}`);
+  return lines.join("\n");
+}
+
 export async function runDemoCli(opts: { keep: boolean }): Promise<number> {
   const colour = !!process.stdout.isTTY && !process.env.NO_COLOR;
-  const paint = (code: string) => (s: string) => (colour ? `\x1b[${code}m${s}\x1b[0m` : s);
-  const bold = paint("1");
-  const green = paint("32");
-  const red = paint("31");
-  const dim = paint("2");
+  const { bold, green, red, dim } = painter(colour);
   const out = (s = "") => process.stdout.write(`${s}\n`);
 
   const controller = new AbortController();
@@ -26,12 +37,8 @@ export async function runDemoCli(opts: { keep: boolean }): Promise<number> {
   out(bold("mcpmesh demo: a CA, an agent in front of an MCP server and three clients, all on 127.0.0.1"));
   let n = 0;
   const render = (s: DemoStep) => {
-    n++;
     out();
-    out(`${s.ok ? green("✔ PASS") : red("✘ FAIL")} ${bold(`[${n}] ${s.title}`)}`);
-    for (const w of s.what) out(`    ${w}`);
-    for (const w of s.why) out(`    ${dim("why:")} ${w}`);
-    if (s.error) out(`    ${red(`expected otherwise: ${s.error}`)}`);
+    out(renderStep(s, ++n, colour));
   };
 
   let result;

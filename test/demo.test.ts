@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { connect } from "node:net";
 import { runDemo, DEMO_IDS, READER_RATE, type DemoStep } from "../cli/demo.ts";
+import { renderStep } from "../cli/demo-cli.ts";
 import { REPO_ROOT } from "./helpers/cli.ts";
 
 const STEP_IDS = ["ca", "enroll", "agent", "reader-list", "reader-read", "reader-write-denied", "schema-rejected", "writer-write", "outsider-refused", "rate-limit", "revocation", "rotation", "audit"];
@@ -67,6 +68,17 @@ test("runDemo fails the step whose promise the mesh breaks, stops there and clea
   assert.ok(dir);
   assert.equal(existsSync(dir), false, "the demo's directory was removed");
   assert.equal(await listening(Number(new URL(String(r.steps[2].facts.agentUrl)).port)), false, "the agent was stopped");
+});
+
+test("steps render in colour for a terminal and plain otherwise", () => {
+  const pass: DemoStep = { id: "reader-read", title: "The reader reads", ok: true, what: ["read-note → hello"], why: ["allowed by rule readers-read"], facts: {} };
+  const fail: DemoStep = { ...pass, ok: false, error: "the read was not allowed" };
+  assert.equal(renderStep(pass, 5, false), "✔ PASS [5] The reader reads\n    read-note → hello\n    why: allowed by rule readers-read");
+  assert.equal(renderStep(fail, 5, false).split("\n").at(-1), "    expected otherwise: the read was not allowed");
+  assert.equal(renderStep(fail, 5, false).split("\n")[0], "✘ FAIL [5] The reader reads");
+  const tty = renderStep(pass, 5, true);
+  assert.ok(tty.startsWith("\u001b[32m✔ PASS\u001b[0m \u001b[1m[5] The reader reads\u001b[0m"), JSON.stringify(tty));
+  assert.ok(renderStep(fail, 5, true).startsWith("\u001b[31m✘ FAIL"));
 });
 
 function listening(port: number): Promise<boolean> {
