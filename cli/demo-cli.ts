@@ -31,8 +31,8 @@ export async function runDemoCli(opts: { keep: boolean }): Promise<number> {
     interrupted = true;
     controller.abort();
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  // Ctrl-C, kill, or the terminal going away: stop the mesh and remove its files either way.
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, onSignal);
 
   out(bold("mcpmesh demo: a CA, an agent in front of an MCP server and three clients, all on 127.0.0.1"));
   let n = 0;
