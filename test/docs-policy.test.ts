@@ -100,3 +100,12 @@ test("every yaml example in docs/policy.md passes `mcpmesh agent check`", async 
     assert.match(r.stdout, /: OK \(/);
   }
 });
+
+test("the README's agent configuration, and each fragment merged over it, passes the config parser", () => {
+  const readme = readFileSync(join(REPO_ROOT, "README.md"), "utf8");
+  const blocks = [...readme.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parse(m[1]) as Record<string, unknown>);
+  assert.ok(blocks.length >= 1 && "identity" in blocks[0], "the README's first yaml block is a whole agent configuration");
+  for (const [i, b] of blocks.entries()) {
+    assert.doesNotThrow(() => parseAgentConfig({ ...blocks[0], ...b }, REPO_ROOT, `README yaml block ${i + 1}`));
+  }
+});
