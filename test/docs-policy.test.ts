@@ -5,11 +5,11 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { CONFIG_SCHEMA, parseAgentConfig } from "../agent/config.ts";
+import { CONFIG_SCHEMA, loadAgentConfig, parseAgentConfig } from "../agent/config.ts";
 import { REPO_ROOT, runCli } from "./helpers/cli.ts";
 
 const DOC = readFileSync(join(REPO_ROOT, "docs", "policy.md"), "utf8");
@@ -108,4 +108,11 @@ test("the README's agent configuration, and each fragment merged over it, passes
   for (const [i, b] of blocks.entries()) {
     assert.doesNotThrow(() => parseAgentConfig({ ...blocks[0], ...b }, REPO_ROOT, `README yaml block ${i + 1}`));
   }
+});
+
+test("every example's agent.yaml passes the config parser as written", () => {
+  const dir = join(REPO_ROOT, "examples");
+  const files = readdirSync(dir).map((d) => join(dir, d, "agent.yaml")).filter((f) => existsSync(f));
+  assert.ok(files.length >= 3, files.join(", "));
+  for (const f of files) assert.doesNotThrow(() => loadAgentConfig(f), f);
 });
