@@ -199,6 +199,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     };
     const lastAudit = (pred: (r: AuditRecord) => boolean) => audit.records.filter(pred).pop();
 
+    // Each step runs only if every step before it behaved (`&&`): later steps build on what earlier ones showed.
     const ok = (await run("ca", "A throwaway certificate authority", async (s) => {
       const caPort = await freePort();
       authority = await Authority.init({ dir: join(dir, "ca"), trustDomain: TRUST_DOMAIN, url: `https://127.0.0.1:${caPort}`, passphrase: randomBytes(18).toString("base64url") });
@@ -245,7 +246,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
     const writer = await openSession(agent.url, ids.writer, DEMO_IDS.agent);
     cleanups.push(() => writer.close());
 
-    const all = (await run("reader-list", "The reader lists tools: only what it may call", async (s) => {
+    await ((await run("reader-list", "The reader lists tools: only what it may call", async (s) => {
       const listed = (await reader.client.listTools()).tools.map((t) => t.name).sort();
       s.what.push(`tools/list shows the reader: ${listed.join(", ")} (the server has list-notes, read-note, add-note, delete-note)`);
       s.why.push("listings are filtered per caller: readers-read allows access class read only");
@@ -432,8 +433,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<DemoResult> {
         s.why.push("argument values are hashed, never logged; `mcpmesh audit verify` checks the chain");
         s.facts = { records: v.records, ok: v.ok };
         expect(v.ok && v.records > 0, "the audit chain does not verify");
-      }));
-    void all;
+      })));
     return await finish();
 
     async function finish(): Promise<DemoResult> {
