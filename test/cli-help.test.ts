@@ -44,6 +44,9 @@ test("common mistakes get an error that names the fix", async (t) => {
     { args: ["ca", "token", "--dir", join(dir, "nothing-here"), "--identity", "team/a"], fix: /run `mcpmesh ca init --dir/ },
     { args: ["agent", "check", "--config", join(dir, "missing.yaml")], fix: /file not found/ },
     { args: ["agent", "check", "--config", join(dir, "a.yaml"), "--identity", "spiffe://example.org/a"], fix: /needs both --identity and --tool|file not found/ },
+    { args: ["renew", "--dir", join(dir, "no-id")], fix: /run `mcpmesh enroll TOKEN --dir / },
+    { args: ["enroll", "not-a-token", "--dir", join(dir, "x-id")], fix: /it should start with "mcpmesh1\."/ },
+    { args: ["agent", "status"], fix: /pass --admin URL or --config FILE/ },
     { args: ["enroll"], fix: /required option '--dir <dir>' not specified[\s\S]*Usage: mcpmesh enroll/ },
     { args: ["agnet"], fix: /unknown command 'agnet'[\s\S]*\(Did you mean agent\?\)/ },
   ];
