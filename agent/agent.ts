@@ -21,6 +21,11 @@ import { Gatekeeper } from "./gatekeeper.ts";
 import { SessionTable } from "./session.ts";
 import { HttpUpstream } from "./upstream/http.ts";
 import { StreamableHttpEdge, sendJson } from "./edge/streamable-http.ts";
+import { StreamableMessageEdge } from "./edge/streamable-bridge.ts";
+import { LegacySseEdge } from "./edge/legacy-sse.ts";
+import { WebSocketEdge, refuseUpgrade } from "./edge/websocket.ts";
+import { HttpConnector } from "./upstream/http-channel.ts";
+import { createMessageConnector, type UpstreamConnector } from "./upstream/index.ts";
 import { TlsGate, loadTrustBundle, serverTlsOptions, type PeerIdentity } from "./tls-gate.ts";
 import { RevocationList } from "./revocation.ts";
 import { RevocationFeedClient, type PushedRevocation } from "./feed.ts";
@@ -80,17 +85,36 @@ function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
   return [own.trustDomain];
 }
 
-function upstreamOf(cfg: AgentConfig): HttpUpstream {
+/**
+ * The upstream: a Streamable HTTP server (`url`) is reached both through the byte-forwarding fast path (`HttpUpstream`,
+ * for the Streamable HTTP edge) and through message channels (`HttpConnector`, for the SSE and WebSocket edges); a
+ * legacy SSE server (`sse`) or a stdio child (`command`) only through message channels.
+ */
+function upstreamOf(cfg: AgentConfig, log: Logger): { http: HttpUpstream | null; connector: UpstreamConnector } {
   if (!cfg.upstream.url) {
-    throw new AgentStartError("upstream: only `url` (Streamable HTTP) is supported by this version of the agent");
+    if (!cfg.upstream.sse && !cfg.upstream.command) throw new AgentStartError("upstream: one of url, sse or command is required");
+    return { http: null, connector: createMessageConnector(cfg.upstream, { logger: log.child({ upstream: cfg.upstream.sse ? "sse" : "stdio" }) }) };
   }
   const u = new URL(cfg.upstream.url);
   if (u.protocol !== "http:" && u.protocol !== "https:") throw new AgentStartError(`upstream.url: ${u.protocol} is not supported (http or https)`);
   if (!cfg.upstream.socket && !cfg.upstream.unsafeUpstream && !isLoopbackHost(u.hostname)) {
     throw new AgentStartError(`upstream.url: ${u.hostname} is not a loopback address; the server must not be reachable around the agent (set upstream.unsafeUpstream: true to override)`);
   }
-  return new HttpUpstream({ url: cfg.upstream.url, socketPath: cfg.upstream.socket, timeoutMs: cfg.upstream.timeoutMs });
+  const http = new HttpUpstream({ url: cfg.upstream.url, socketPath: cfg.upstream.socket, timeoutMs: cfg.upstream.timeoutMs });
+  return { http, connector: new HttpConnector(http) };
 }
+
+/**
+ * The paths of an endpoint's transports. The Streamable HTTP path is the endpoint's `path`; legacy SSE and WebSocket
+ * sit next to it: a path ending in `/mcp` has that segment replaced (`/mcp` → `/sse`, `/sse/message`, `/ws`;
+ * `/team/mcp` → `/team/sse`, ...), any other path gets them appended (`/ro` → `/ro/sse`, `/ro/sse/message`, `/ro/ws`).
+ */
+export function transportPaths(path: string): { mcp: string; sse: string; sseMessage: string; ws: string } {
+  const base = path.endsWith("/mcp") ? path.slice(0, -4) : path.replace(/\/+$/, "");
+  return { mcp: path, sse: `${base}/sse`, sseMessage: `${base}/sse/message`, ws: `${base}/ws` };
+}
+
+type RouteKind = "mcp" | "sse" | "sseMessage" | "ws";
 
 /** The compiled, swappable part of the agent: everything a config or identity reload replaces at once. */
 interface State {
@@ -122,7 +146,9 @@ interface LiveEndpoint {
   path: string;
   sessions: SessionTable;
   gate: Gatekeeper;
-  edge: StreamableHttpEdge;
+  edge: StreamableHttpEdge | StreamableMessageEdge;
+  sse: LegacySseEdge;
+  ws: WebSocketEdge;
   url?: string;
 }
 
@@ -142,7 +168,11 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }
   }
   let state = buildState(config);
-  const upstream = upstreamOf(config);
+  const { http: upstream, connector } = upstreamOf(config, log);
+  const closeUpstream = async () => {
+    await connector.close().catch(() => {});
+    await upstream?.close();
+  };
   const pins = PinStore.fromConfig(config);
   const audit = opts.audit ?? new AuditLog({ file: config.audit.file, maxBytes: config.audit.maxBytes, keep: config.audit.keep, chain: config.audit.chain });
   const limiter = new Limiter(config.limits, { now: opts.now });
@@ -176,13 +206,15 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     metrics?.decision(ev);
     alerts.decision(ev);
   };
-  if (metrics) upstream.observe = (method, seconds, ok, error) => metrics.upstream(method, seconds, ok, error);
+  if (metrics && upstream) upstream.observe = (method, seconds, ok, error) => metrics.upstream(method, seconds, ok, error);
   for (const ep of config.endpoints) {
     const sessions = new SessionTable();
     const epLog = log.child({ endpoint: ep.id });
     const gate = new Gatekeeper({ policy: state.policies.get(ep.id)!, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: epLog, limiter, ruleRates: ruleRates(config, ep.id), onDecision });
-    const edge = new StreamableHttpEdge({ gate, sessions, upstream, limits: config.limits, logger: epLog, audit });
-    endpoints.set(ep.id, { id: ep.id, path: ep.path, sessions, gate, edge });
+    const bridged = { gate, sessions, connector, limits: config.limits, logger: epLog, audit };
+    // Streamable HTTP → Streamable HTTP keeps the byte-forwarding fast path; every other pair is bridged by message.
+    const edge = upstream ? new StreamableHttpEdge({ gate, sessions, upstream, limits: config.limits, logger: epLog, audit }) : new StreamableMessageEdge(bridged);
+    endpoints.set(ep.id, { id: ep.id, path: ep.path, sessions, gate, edge, sse: new LegacySseEdge(bridged), ws: new WebSocketEdge(bridged) });
   }
 
   // Revocation: with a CA configured the gate fails closed until a valid CRL is held, and again once it is stale.
@@ -327,6 +359,20 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
 
   for (const group of groups.values()) {
     const ids = group.map((e) => e.id);
+    // Every transport path of every endpoint on this listener, which must not collide.
+    const routes = new Map<string, { ep: EndpointConfig; kind: RouteKind }>();
+    for (const ep of group) {
+      for (const [kind, p] of Object.entries(transportPaths(ep.path)) as [RouteKind, string][]) {
+        const other = routes.get(p);
+        if (other) throw new AgentStartError(`endpoints: ${p} (${kind} of endpoint ${ep.id}) collides with the ${other.kind} path of endpoint ${other.ep.id} on ${ep.listen.host}:${ep.listen.port}; choose other paths`);
+        routes.set(p, { ep, kind });
+      }
+    }
+    const admitted = (ep: EndpointConfig, peer: PeerIdentity): boolean => {
+      if (state.policies.get(ep.id)!.admits(peer.id)) return true;
+      log.warn({ event: "endpoint_refused", endpoint: ep.id, identity: peer.id }, "identity not admitted on this endpoint");
+      return false;
+    };
     const tlsGate = new TlsGate({
       trustDomains: state.trustDomains,
       // The connection-level gate of a listener: some endpoint on it must admit the identity.
@@ -346,12 +392,11 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         return;
       }
       const path = (req.url ?? "/").split("?")[0];
-      const ep = group.find((e) => e.path === path);
-      if (!ep) return sendJson(res, 404, errorResponse(null, SERVER_ERROR, `Not found: the MCP endpoint is ${group.map((e) => e.path).join(" or ")}`));
-      if (!state.policies.get(ep.id)!.admits(peer.id)) {
-        log.warn({ event: "endpoint_refused", endpoint: ep.id, identity: peer.id }, "identity not admitted on this endpoint");
-        return sendJson(res, 403, errorResponse(null, SERVER_ERROR, "Forbidden"));
-      }
+      const route = routes.get(path);
+      if (!route) return sendJson(res, 404, errorResponse(null, SERVER_ERROR, `Not found: the MCP endpoint is ${group.map((e) => e.path).join(" or ")}`));
+      const ep = route.ep;
+      if (!admitted(ep, peer)) return sendJson(res, 403, errorResponse(null, SERVER_ERROR, "Forbidden"));
+      if (route.kind === "ws") return sendJson(res, 426, errorResponse(null, SERVER_ERROR, "Upgrade Required: this path speaks WebSocket (subprotocol mcp)"), { upgrade: "websocket" });
       if (draining) res.setHeader("connection", "close");
       // In-flight calls are what a graceful stop waits for; long-lived GET streams are not.
       const counted = req.method === "POST";
@@ -361,9 +406,27 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         inFlight--;
         if (inFlight === 0) for (const f of drained) f();
       });
-      void endpoints.get(ep.id)!.edge.handle(req, res, { id: peer.id, notBefore: peer.notBefore });
+      const live = endpoints.get(ep.id)!;
+      const caller = { id: peer.id, notBefore: peer.notBefore };
+      if (route.kind === "sse") {
+        if (draining) return sendJson(res, 503, errorResponse(null, SERVER_ERROR, "The agent is stopping"));
+        return void live.sse.handleStream(req, res, caller, transportPaths(ep.path).sseMessage).catch(() => res.destroy());
+      }
+      if (route.kind === "sseMessage") return void live.sse.handleMessage(req, res, caller).catch(() => res.destroy());
+      void live.edge.handle(req, res, caller);
+    };
+    /** WebSocket upgrades: the same TLS gate decided the peer at the handshake; paths and endpoint admission as for HTTP. */
+    const onUpgrade = (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      const peer = peers.get(socket as TLSSocket);
+      if (!peer) return void socket.destroy();
+      const route = routes.get((req.url ?? "/").split("?")[0]);
+      if (!route || route.kind !== "ws") return refuseUpgrade(socket, 404, "Not found: WebSocket is served at " + group.map((e) => transportPaths(e.path).ws).join(" or "));
+      if (!admitted(route.ep, peer)) return refuseUpgrade(socket, 403, "Forbidden");
+      if (draining) return refuseUpgrade(socket, 503, "The agent is stopping");
+      void endpoints.get(route.ep.id)!.ws.handleUpgrade(req, socket, head, { id: peer.id, notBefore: peer.notBefore }).catch(() => socket.destroy());
     };
     const server = createServer({ ...tlsOptions, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, connectionsCheckingInterval: 1_000 } as ServerOptions, onRequest);
+    server.on("upgrade", onUpgrade);
     server.headersTimeout = 10_000;
     server.requestTimeout = 60_000;
     server.keepAliveTimeout = 10_000;
@@ -462,6 +525,8 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     for (const ep of endpoints.values()) {
       ep.gate.update({ policy: next.policies.get(ep.id)!, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg, ep.id) });
       ep.edge.update({ limits: next.cfg.limits });
+      ep.sse.update({ limits: next.cfg.limits });
+      ep.ws.update({ limits: next.cfg.limits });
     }
     limiter.update(next.cfg.limits);
     alerts.update(next.cfg.alerts);
@@ -540,7 +605,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }
   } catch (e) {
     for (const s of servers) if (s.listening) s.close();
-    await upstream.close();
+    await closeUpstream();
     throw e;
   }
   const url = urls[config.endpoints[0].id];
@@ -550,11 +615,11 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       admin = await startAdminServer(config.admin.listen, metrics);
     } catch (e) {
       await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-      await upstream.close();
+      await closeUpstream();
       throw new AgentStartError(`cannot listen on admin.listen ${config.admin.listen.host}:${config.admin.listen.port}: ${(e as Error).message}`, { cause: e });
     }
   }
-  log.info({ event: "listening", url, endpoints: urls, admin: admin?.url, identity: state.identity.id, upstream: config.upstream.url, trustDomains: state.trustDomains }, "agent listening");
+  log.info({ event: "listening", url, endpoints: urls, admin: admin?.url, identity: state.identity.id, upstream: config.upstream.url ?? config.upstream.sse ?? config.upstream.command?.[0], upstreamKind: connector.kind, trustDomains: state.trustDomains }, "agent listening");
 
   const sweep = setInterval(() => {
     for (const t of allSessions()) t.sweep();
@@ -603,7 +668,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       for (const s of servers) s.closeAllConnections();
       for (const set of byIdentity.values()) for (const s of set) s.destroy();
       await closed;
-      await upstream.close();
+      await closeUpstream();
       await admin?.close();
       await webhook?.drain(2000);
       webhook?.close();

@@ -4,7 +4,7 @@ import { isIP } from "node:net";
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { parseDocument } from "yaml";
 import { MeshError, isMeshError } from "../lib/errors.ts";
-import { parseDuration } from "../lib/duration.ts";
+import { formatDuration, parseDuration } from "../lib/duration.ts";
 import { validateTrustDomain } from "../lib/spiffe.ts";
 import { compileIdentityPattern, compileNameGlob, compileUriGlob, GATED_METHODS, type CompiledIdentityPattern } from "./policy.ts";
 import { overlaySchemaError } from "./schema.ts";
@@ -80,8 +80,15 @@ export interface UpstreamConfig {
   sse?: string;
   /** `[program, ...args]`; the agent supervises the child. */
   command?: string[];
-  /** Extra environment for `command` (merged over nothing: the child gets only PATH plus these, as the agent decides). */
+  /**
+   * Environment for `command`. The child never inherits the agent's environment: it gets PATH, HOME, LANG, LC_ALL,
+   * LC_CTYPE, TZ and TMPDIR from the agent (where set), the names listed in `inheritEnv`, then these (which win).
+   */
   env?: Record<string, string>;
+  /** More variable names passed from the agent's environment to `command` (e.g. NODE_EXTRA_CA_CERTS, HTTPS_PROXY). */
+  inheritEnv?: string[];
+  /** Supervision of `command`: restart with backoff after a crash, give up after repeated rapid crashes. */
+  restart: RestartConfig;
   /** Working directory for `command`, resolved against the config file's directory. */
   cwd?: string;
   /**
@@ -94,6 +101,21 @@ export interface UpstreamConfig {
   /** Per-request timeout towards the upstream. Config: `timeout: 60s` (default). */
   timeoutMs: number;
 }
+
+/**
+ * How the agent restarts a crashed stdio upstream. The n-th consecutive restart waits min(maxDelay,
+ * initialDelay·2^(n-1)), less up to 50% random jitter; a child that stays up `stableAfterMs` resets n. A crash after
+ * `maxRestarts` consecutive restarts makes the channel give up and close; 0 means never restart.
+ * Config: `restart: { initialDelay: 100ms, maxDelay: 30s, maxRestarts: 5, stableAfter: 10s }` (the defaults).
+ */
+export interface RestartConfig {
+  initialDelayMs: number;
+  maxDelayMs: number;
+  maxRestarts: number;
+  stableAfterMs: number;
+}
+
+export const DEFAULT_RESTART: RestartConfig = { initialDelayMs: 100, maxDelayMs: 30_000, maxRestarts: 5, stableAfterMs: 10_000 };
 
 /** A token bucket: `limit` calls per `periodMs`, refilled continuously; a burst of up to `limit`. Config `"100/m"`. */
 export interface RateSpec {
@@ -423,6 +445,17 @@ export const CONFIG_SCHEMA = {
         sse: { type: "string", minLength: 1 },
         command: { type: "array", minItems: 1, items: { type: "string" } },
         env: { type: "object", additionalProperties: { type: "string" } },
+        inheritEnv: stringList(1),
+        restart: {
+          type: "object",
+          additionalProperties: false,
+          properties: {
+            initialDelay: { type: "string", minLength: 1 },
+            maxDelay: { type: "string", minLength: 1 },
+            maxRestarts: { type: "integer", minimum: 0, maximum: 1000 },
+            stableAfter: { type: "string", minLength: 1 },
+          },
+        },
         cwd: { type: "string", minLength: 1 },
         socket: { type: "string", minLength: 1 },
         unsafeUpstream: { type: "boolean" },
@@ -748,6 +781,7 @@ type Add = (path: string, message: string) => void;
 
 const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
 const isStr = (v: unknown): v is string => typeof v === "string" && v.length > 0;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter(isStr) : []);
 
 function errMessage(e: unknown): string {
@@ -915,7 +949,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
   // upstream
   const up = isObj(raw.upstream) ? raw.upstream : {};
   const unsafe = up.unsafeUpstream === true;
-  const upstream: UpstreamConfig = { unsafeUpstream: unsafe, timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_MS };
+  const upstream: UpstreamConfig = { unsafeUpstream: unsafe, timeoutMs: DEFAULT_UPSTREAM_TIMEOUT_MS, restart: { ...DEFAULT_RESTART } };
   if (isObj(raw.upstream)) {
     const kinds = (["url", "sse", "command"] as const).filter((k) => up[k] !== undefined);
     if (kinds.length !== 1) {
@@ -927,7 +961,7 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
       if (up.command.length > 0 && up.command[0] === "") add("upstream.command[0]", "the program must not be empty");
       if (up.command.every((c) => typeof c === "string")) upstream.command = [...(up.command as string[])];
     }
-    for (const k of ["env", "cwd"] as const) {
+    for (const k of ["env", "cwd", "inheritEnv", "restart"] as const) {
       if (up[k] !== undefined && up.command === undefined) add(`upstream.${k}`, "only applies to upstream.command");
     }
     if (isObj(up.env)) {
@@ -938,6 +972,29 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
         else env[k] = v;
       }
       upstream.env = env;
+    }
+    if (Array.isArray(up.inheritEnv) && up.inheritEnv.every(isStr)) {
+      up.inheritEnv.forEach((k, i) => {
+        if (!ENV_NAME.test(k)) add(`upstream.inheritEnv[${i}]`, `"${k}" is not an environment variable name (letters, digits, _; not starting with a digit)`);
+      });
+      upstream.inheritEnv = [...up.inheritEnv];
+    }
+    if (isObj(up.restart)) {
+      const r = upstream.restart;
+      const initial = duration(up.restart.initialDelay, "upstream.restart.initialDelay", add);
+      if (initial !== undefined) r.initialDelayMs = initial;
+      const max = duration(up.restart.maxDelay, "upstream.restart.maxDelay", add);
+      if (max !== undefined) {
+        if (max > 3_600_000) add("upstream.restart.maxDelay", "must be at most 1h");
+        else r.maxDelayMs = max;
+      }
+      if (r.initialDelayMs > r.maxDelayMs) add("upstream.restart.initialDelay", `must not exceed upstream.restart.maxDelay (${formatDuration(r.maxDelayMs)})`);
+      const stable = duration(up.restart.stableAfter, "upstream.restart.stableAfter", add);
+      if (stable !== undefined) {
+        if (stable < 100) add("upstream.restart.stableAfter", "must be at least 100ms (a child must stay up that long to count as recovered)");
+        else r.stableAfterMs = stable;
+      }
+      if (typeof up.restart.maxRestarts === "number" && Number.isInteger(up.restart.maxRestarts)) r.maxRestarts = up.restart.maxRestarts;
     }
     if (isStr(up.cwd)) upstream.cwd = resolvePath(baseDir, up.cwd);
     if (isStr(up.socket)) {

@@ -25,6 +25,8 @@ export interface Session {
   lastSeen: number;
   /** Closers of the streams open on this session (SSE, WebSocket), run when the session must end. */
   closers: Set<() => void>;
+  /** Run once when the table drops the session (delete, eviction, revocation, idle sweep): message-mode sessions end their upstream channel here. */
+  ended?: () => void;
 }
 
 export const DEFAULT_PROTOCOL_VERSION = "2025-03-26";
@@ -101,6 +103,7 @@ export class SessionTable {
     if (!s) return;
     this.#sessions.delete(key);
     for (const close of s.closers) close();
+    s.ended?.();
   }
 
   /** Ends every session of an identity (revocation, expiry). */

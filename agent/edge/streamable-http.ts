@@ -29,12 +29,12 @@ export interface StreamableHttpEdgeOptions {
 const FORWARDED_REQUEST_HEADERS = ["content-type", "accept", "mcp-protocol-version", "last-event-id"];
 const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-control", "retry-after", "www-authenticate"];
 
-class BodyTooLarge extends Error {}
+export class BodyTooLarge extends Error {}
 
 /** One strict decoder for every body (it keeps no state between calls without `stream`). */
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"] ?? "-1");
   if (declared > limit) return Promise.reject(new BodyTooLarge());
   return new Promise((resolve, reject) => {

@@ -72,6 +72,23 @@ const BAD: { name: string; mutate: (c: Record<string, any>) => unknown; path: st
   { name: "env value not a string", mutate: (c) => (c.upstream = { command: ["srv"], env: { A: 1 } }), path: "upstream.env.A", message: /must be a string/ },
   { name: "command empty", mutate: (c) => (c.upstream = { command: [] }), path: "upstream.command", message: /must not be empty/ },
   { name: "command empty program", mutate: (c) => (c.upstream = { command: [""] }), path: "upstream.command[0]", message: /program/ },
+  { name: "restart without command", mutate: (c) => (c.upstream.restart = { maxRestarts: 1 }), path: "upstream.restart", message: /only applies to upstream.command/ },
+  { name: "inheritEnv without command", mutate: (c) => (c.upstream.inheritEnv = ["HTTPS_PROXY"]), path: "upstream.inheritEnv", message: /only applies to upstream.command/ },
+  { name: "inheritEnv bad name", mutate: (c) => (c.upstream = { command: ["srv"], inheritEnv: ["OK", "A=B"] }), path: "upstream.inheritEnv[1]", message: /not an environment variable name/ },
+  { name: "inheritEnv empty", mutate: (c) => (c.upstream = { command: ["srv"], inheritEnv: [] }), path: "upstream.inheritEnv", message: /must not be empty/ },
+  { name: "inheritEnv not a list", mutate: (c) => (c.upstream = { command: ["srv"], inheritEnv: "PATH" }), path: "upstream.inheritEnv", message: /must be a list/ },
+  { name: "restart initialDelay", mutate: (c) => (c.upstream = { command: ["srv"], restart: { initialDelay: "fast" } }), path: "upstream.restart.initialDelay", message: /not a duration/ },
+  { name: "restart maxDelay too long", mutate: (c) => (c.upstream = { command: ["srv"], restart: { maxDelay: "2h" } }), path: "upstream.restart.maxDelay", message: /at most 1h/ },
+  {
+    name: "restart initialDelay over maxDelay",
+    mutate: (c) => (c.upstream = { command: ["srv"], restart: { initialDelay: "1m", maxDelay: "10s" } }),
+    path: "upstream.restart.initialDelay",
+    message: /must not exceed upstream.restart.maxDelay \(10s\)/,
+  },
+  { name: "restart maxRestarts negative", mutate: (c) => (c.upstream = { command: ["srv"], restart: { maxRestarts: -1 } }), path: "upstream.restart.maxRestarts", message: /must be at least 0/ },
+  { name: "restart maxRestarts fractional", mutate: (c) => (c.upstream = { command: ["srv"], restart: { maxRestarts: 1.5 } }), path: "upstream.restart.maxRestarts", message: /integer/ },
+  { name: "restart stableAfter too short", mutate: (c) => (c.upstream = { command: ["srv"], restart: { stableAfter: "10ms" } }), path: "upstream.restart.stableAfter", message: /at least 100ms/ },
+  { name: "restart field typo", mutate: (c) => (c.upstream = { command: ["srv"], restart: { maxRestart: 3 } }), path: "upstream.restart.maxRestart", message: /did you mean "maxRestarts"/ },
   {
     name: "upstream field typo",
     mutate: (c) => (c.upstream.unsafeUpstrem = true),
@@ -288,6 +305,8 @@ audit: { file: audit.log }
   assert.equal(cfg.upstream.env?.DEBUG, "1");
   assert.equal(cfg.upstream.unsafeUpstream, false);
   assert.equal(cfg.upstream.timeoutMs, 60_000);
+  assert.deepEqual(cfg.upstream.restart, { initialDelayMs: 100, maxDelayMs: 30_000, maxRestarts: 5, stableAfterMs: 10_000 });
+  assert.equal(cfg.upstream.inheritEnv, undefined);
   assert.equal(cfg.tools.echo.access, "read");
   assert.equal(cfg.tools["constructor" as string].access, "write");
   assert.equal(cfg.tools.toString, undefined, "tools has no prototype");
@@ -470,4 +489,13 @@ test("revocation and reload: defaults, values, and errors named by path", () => 
     { path: "revocation.pollInterval", message: "must be at least 1s" },
   ]);
   assert.deepEqual(errorsOf({ ...base(), reload: { debounce: "soon" } }), [{ path: "reload.debounce", message: '"soon" is not a duration (examples: 90s, 15m, 1h, 1h30m)' }]);
+});
+
+test("upstream.restart and upstream.inheritEnv for a stdio upstream", () => {
+  const cfg = parseAgentConfig(
+    { ...base(), upstream: { command: ["srv"], inheritEnv: ["HTTPS_PROXY", "NODE_EXTRA_CA_CERTS"], restart: { initialDelay: "250ms", maxDelay: "1m", maxRestarts: 0, stableAfter: "30s" } } },
+    dir,
+  );
+  assert.deepEqual(cfg.upstream.inheritEnv, ["HTTPS_PROXY", "NODE_EXTRA_CA_CERTS"]);
+  assert.deepEqual(cfg.upstream.restart, { initialDelayMs: 250, maxDelayMs: 60_000, maxRestarts: 0, stableAfterMs: 30_000 });
 });

@@ -1,8 +1,8 @@
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { randomUUID } from "node:crypto";
-import { z } from "zod";
 import { McpServer, type RegisteredTool } from "@modelcontextprotocol/sdk/server/mcp.js";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { buildTestServer, newToolState, releaseHeld as releaseHeldCalls, TEST_SERVER_INFO, TEST_SERVER_OPTIONS } from "./test-tools.ts";
 
 /** Every HTTP request the upstream received, raw: how tests prove that nothing denied reached it. */
 export interface ReceivedRequest {
@@ -28,6 +28,25 @@ export interface TestMcpServer {
   close(): Promise<void>;
 }
 
+/** Appends one HTTP request to a `received` list; returns the parsed JSON body (undefined if none or not JSON). */
+export function recordRequest(received: ReceivedRequest[], req: IncomingMessage, body: string): any {
+  let parsed: any;
+  try {
+    parsed = body ? JSON.parse(body) : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  const msgs = Array.isArray(parsed) ? parsed : parsed ? [parsed] : [];
+  received.push({
+    method: req.method ?? "",
+    headers: req.headers,
+    body,
+    rpcMethods: msgs.map((m: any) => m?.method).filter((m: unknown) => typeof m === "string"),
+    toolCalls: msgs.filter((m: any) => m?.method === "tools/call").map((m: any) => m?.params?.name),
+  });
+  return parsed;
+}
+
 /**
  * A real MCP server (the SDK's McpServer behind its StreamableHTTPServerTransport) on 127.0.0.1, stateful, with a
  * small set of tools covering read, write, identity-bound arguments and progress.
@@ -36,42 +55,12 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
   const received: ReceivedRequest[] = [];
   const transports = new Map<string, StreamableHTTPServerTransport>();
   const registered: Map<string, RegisteredTool>[] = [];
-  const descriptions = new Map<string, string>();
-  let waiting: (() => void)[] = [];
-  const releaseHeld = () => {
-    const w = waiting;
-    waiting = [];
-    for (const r of w) r();
-  };
+  const state = newToolState();
+  const releaseHeld = () => releaseHeldCalls(state);
 
   const build = () => {
-    const server = new McpServer({ name: "test-upstream", version: "1.0.0" }, { capabilities: { tools: { listChanged: true }, logging: {} } });
-    const tools = new Map<string, RegisteredTool>();
-    tools.set("echo", server.registerTool("echo", { description: descriptions.get("echo") ?? "Echoes its input", inputSchema: { text: z.string().max(1000) }, annotations: { readOnlyHint: true } },
-      async ({ text }) => ({ content: [{ type: "text", text }] })));
-    tools.set("get-weather", server.registerTool("get-weather", { description: "Weather for a city", inputSchema: { city: z.string() }, annotations: { readOnlyHint: true } },
-      async ({ city }) => ({ content: [{ type: "text", text: `sunny in ${city}` }] })));
-    tools.set("add", server.registerTool("add", { description: "Adds two numbers", inputSchema: { a: z.number(), b: z.number() } },
-      async ({ a, b }) => ({ content: [{ type: "text", text: String(a + b) }] })));
-    tools.set("delete-file", server.registerTool("delete-file", { description: "Deletes a file", inputSchema: { path: z.string() }, annotations: { readOnlyHint: false, destructiveHint: true } },
-      async ({ path }) => ({ content: [{ type: "text", text: `deleted ${path}` }] })));
-    tools.set("tenant-report", server.registerTool("tenant-report", { description: "Report for one tenant", inputSchema: { tenant: z.string(), month: z.string().optional() } },
-      async ({ tenant }) => ({ content: [{ type: "text", text: `report for ${tenant}` }] })));
-    tools.set("slow-count", server.registerTool("slow-count", { description: "Counts with progress", inputSchema: { steps: z.number().int().min(1).max(10) } },
-      async ({ steps }, extra) => {
-        const token = extra._meta?.progressToken;
-        for (let i = 1; i <= steps; i++) {
-          if (token !== undefined) await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: i, total: steps } });
-        }
-        await server.server.sendLoggingMessage({ level: "info", data: `counted to ${steps}` }, extra.sessionId);
-        return { content: [{ type: "text", text: `counted ${steps}` }] };
-      }));
-    tools.set("hold", server.registerTool("hold", { description: "Waits until the test releases it", inputSchema: {} },
-      async () => {
-        await new Promise<void>((resolve) => waiting.push(resolve));
-        return { content: [{ type: "text", text: "released" }] };
-      }));
-    registered.push(tools);
+    const server = new McpServer(TEST_SERVER_INFO, TEST_SERVER_OPTIONS);
+    registered.push(buildTestServer(server, state));
     return server;
   };
 
@@ -79,20 +68,7 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks).toString("utf8");
-    let parsed: any;
-    try {
-      parsed = body ? JSON.parse(body) : undefined;
-    } catch {
-      parsed = undefined;
-    }
-    const msgs = Array.isArray(parsed) ? parsed : parsed ? [parsed] : [];
-    received.push({
-      method: req.method ?? "",
-      headers: req.headers,
-      body,
-      rpcMethods: msgs.map((m: any) => m?.method).filter((m: unknown) => typeof m === "string"),
-      toolCalls: msgs.filter((m: any) => m?.method === "tools/call").map((m: any) => m?.params?.name),
-    });
+    const parsed = recordRequest(received, req, body);
     const sid = req.headers["mcp-session-id"];
     let transport = typeof sid === "string" ? transports.get(sid) : undefined;
     if (!transport) {
@@ -121,13 +97,13 @@ export async function startMcpServer(opts: { socketPath?: string } = {}): Promis
     port,
     received,
     changeDescription(tool, description) {
-      descriptions.set(tool, description);
+      state.descriptions.set(tool, description);
       for (const tools of registered) tools.get(tool)?.update({ description });
     },
     reset() {
       received.length = 0;
     },
-    held: () => waiting.length,
+    held: () => state.waiting.length,
     releaseHeld,
     async close() {
       releaseHeld();
