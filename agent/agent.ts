@@ -25,7 +25,7 @@ import { StreamableMessageEdge } from "./edge/streamable-bridge.ts";
 import { LegacySseEdge } from "./edge/legacy-sse.ts";
 import { WebSocketEdge, refuseUpgrade } from "./edge/websocket.ts";
 import { HttpConnector } from "./upstream/http-channel.ts";
-import { createMessageConnector, type UpstreamConnector } from "./upstream/index.ts";
+import type { UpstreamConnector } from "./upstream/connector.ts";
 import { TlsGate, loadTrustBundle, serverTlsOptions, type PeerIdentity } from "./tls-gate.ts";
 import { RevocationList } from "./revocation.ts";
 import { RevocationFeedClient, type PushedRevocation } from "./feed.ts";
@@ -90,9 +90,11 @@ function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
  * for the Streamable HTTP edge) and through message channels (`HttpConnector`, for the SSE and WebSocket edges); a
  * legacy SSE server (`sse`) or a stdio child (`command`) only through message channels.
  */
-function upstreamOf(cfg: AgentConfig, log: Logger): { http: HttpUpstream | null; connector: UpstreamConnector } {
+async function upstreamOf(cfg: AgentConfig, log: Logger): Promise<{ http: HttpUpstream | null; connector: UpstreamConnector }> {
   if (!cfg.upstream.url) {
     if (!cfg.upstream.sse && !cfg.upstream.command) throw new AgentStartError("upstream: one of url, sse or command is required");
+    // Loaded only when needed: the SSE and stdio connectors pull in the SDK's client transports.
+    const { createMessageConnector } = await import("./upstream/index.ts");
     return { http: null, connector: createMessageConnector(cfg.upstream, { logger: log.child({ upstream: cfg.upstream.sse ? "sse" : "stdio" }) }) };
   }
   const u = new URL(cfg.upstream.url);
@@ -168,7 +170,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }
   }
   let state = buildState(config);
-  const { http: upstream, connector } = upstreamOf(config, log);
+  const { http: upstream, connector } = await upstreamOf(config, log);
   const closeUpstream = async () => {
     await connector.close().catch(() => {});
     await upstream?.close();

@@ -107,6 +107,7 @@ export class LegacySseEdge {
       this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message }, "could not open the upstream channel");
       return sendJson(res, 502, errorResponse(null, SERVER_ERROR, "Upstream MCP server unavailable"));
     }
+    if (bridge.ended) return sendJson(res, 409, errorResponse(null, SERVER_ERROR, "Session ended before its stream opened"));
     this.#streams.set(bridge.id, { bridge, res });
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no" });
     res.write(formatSseEvent({ event: "endpoint", data: `${messagePath}?sessionId=${encodeURIComponent(bridge.id)}` }));

@@ -134,7 +134,9 @@ export class StreamableHttpEdge {
   #session(req: IncomingMessage, caller: Caller): Session | null | "stateless" {
     const sid = header(req, "mcp-session-id");
     if (sid === undefined) return "stateless";
-    const s = this.#o.sessions.lookup(sid, caller.id);
+    const found = this.#o.sessions.lookup(sid, caller.id);
+    // A bridged session (legacy SSE, WebSocket: the agent's own id, `ended` set) is not an upstream session.
+    const s = found?.ended ? null : found;
     if (!s) {
       this.#o.logger.warn({ event: "session_refused", identity: caller.id, reason: this.#o.sessions.ownedByOther(sid, caller.id) ? "session belongs to another identity" : "unknown session" }, "session refused");
     }

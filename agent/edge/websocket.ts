@@ -89,6 +89,7 @@ export class WebSocketEdge {
       return refuseUpgrade(socket, 502, "Upstream MCP server unavailable");
     }
     if (socket.destroyed) return bridge.close("client went away during the upgrade");
+    if (bridge.ended) return refuseUpgrade(socket, 409, "Session ended before the upgrade completed");
     this.#wss.handleUpgrade(req, socket, head, (sock) => {
       ws = sock;
       // A closing handshake, not a reset: answers already queued go first (revocation destroys the socket anyway).

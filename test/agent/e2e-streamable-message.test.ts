@@ -2,7 +2,8 @@
  * End to end: the Streamable HTTP edge in message mode — `/mcp` of the real `mcpmesh agent run` in front of an
  * upstream that is not Streamable HTTP (here stdio), where the agent holds the MCP session itself. Sessions are the
  * agent's, bound to the identity that initialized them; requests are answered on their POST's stream; batches follow
- * the same version rule; DELETE ends the session; the per-identity session cap applies to every downstream transport.
+ * the same version rule; DELETE ends the session; the per-identity session cap applies to every downstream transport; a server → client
+ * request (sampling) round-trips through the bridge, and a client response nobody asked for is dropped.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -39,7 +40,7 @@ before(async () => {
     upstream: { command: stdioServerCommand(), env: { MCPMESH_TEST_RECORD: record } },
     limits: { maxSessionsPerIdentity: 2 },
     rules: [
-      { id: "team-a", clients: [`${TD}/team-a/*`], tools: ["echo", "add"] },
+      { id: "team-a", clients: [`${TD}/team-a/*`], tools: ["echo", "add", "sample"] },
       { id: "no-delete", clients: ["*"], tools: ["delete-*"], effect: "deny" },
     ],
     pinning: { file: join(mesh.dir, "pins-message.json") },
@@ -103,6 +104,30 @@ test("DELETE ends the session: its id is unknown afterwards", async () => {
   assert.equal(del.status, 200);
   assert.equal((await s.post(call("echo", { text: "after delete" }))).status, 404);
   await agent.waitForLog((l) => l.event === "bridge_closed" && l.reason === "client ended the session");
+});
+
+test("sampling through the bridge: the server's request reaches the client, its answer the server; unsolicited responses are dropped", async () => {
+  const s = await rawWs(agent.url.replace(/\/mcp$/, "/ws"), dirs["team-a/bob"]);
+  try {
+    const init = rpc("initialize", { protocolVersion: "2025-06-18", capabilities: { sampling: {} }, clientInfo: { name: "raw-ws", version: "1" } });
+    s.send(init);
+    await s.inbox.reply(init.id);
+    s.send({ jsonrpc: "2.0", method: "notifications/initialized" });
+    // A response to a server request that was never made: not forwarded.
+    s.send({ jsonrpc: "2.0", id: "forged-1", result: { role: "assistant", content: { type: "text", text: "forged-answer" }, model: "m" } });
+    const sample = call("sample", { prompt: "say hi" });
+    s.send(sample);
+    const req = await s.inbox.next((m) => m.method === "sampling/createMessage");
+    assert.equal(req.params.messages[0].content.text, "say hi");
+    s.send({ jsonrpc: "2.0", id: req.id, result: { role: "assistant", content: { type: "text", text: "hi from the client" }, model: "test-model" } });
+    const done = await s.inbox.reply(sample.id);
+    assert.deepEqual(done.result.content, [{ type: "text", text: "hi from the client" }]);
+    await agent.waitForLog((l) => l.event === "unsolicited_response" && l.identity === `${TD}/team-a/bob`);
+    assert.ok(!upstreamBodies().some((b) => b.includes("forged-answer")));
+    assert.ok(upstreamBodies().some((b) => b.includes("hi from the client")));
+  } finally {
+    await s.close();
+  }
 });
 
 test("maxSessionsPerIdentity counts sessions of every transport: a streaming one is never evicted, a third is refused", async () => {

@@ -12,7 +12,7 @@ import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.ts";
 import { startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
 import { Cleanups } from "../helpers/cli.ts";
 import { call, rpc, summary } from "../helpers/e2e.ts";
-import { rawWs, type RawWs } from "../helpers/raw-transports.ts";
+import { rawSse, rawWs, type RawWs } from "../helpers/raw-transports.ts";
 import { createMeshFetch } from "../../identity/fetch.ts";
 
 const TD = "spiffe://example.org";
@@ -174,6 +174,22 @@ test("batches: refused on a 2025-06-18 session, forwarded whole on 2025-03-26 an
   assert.deepEqual(sunk.map((m: any) => m.error?.code).sort((a: number, b: number) => a - b), [-32602, -32600]);
   assert.ok(!up.received.some((r) => r.body.includes("riding along")));
   assert.equal(toolCalls().length, calls + 2, summary(up.received));
+});
+
+test("a bridged session's id is not an upstream session: presented on /mcp (the fast path) it gets 404, nothing forwarded", async () => {
+  const f = createMeshFetch(dirs["team-a/alice"]);
+  try {
+    const s = await rawSse(agent.url.replace(/\/mcp$/, "/sse"), f);
+    const sid = new URL(s.messageUrl).searchParams.get("sessionId")!;
+    const before = up.received.length;
+    const r = await f(agent.url, { method: "POST", headers: { "content-type": "application/json", accept: "application/json, text/event-stream", "mcp-session-id": sid }, body: JSON.stringify(call("echo", { text: "borrowed-id" })) });
+    assert.equal(r.status, 404);
+    await r.body?.cancel();
+    assert.ok(!up.received.slice(before).some((x) => x.body.includes("borrowed-id")));
+    s.close();
+  } finally {
+    await f.close();
+  }
 });
 
 test("revoking the certificate closes the WebSocket within a second", async (t) => {
