@@ -344,6 +344,41 @@ export function buildProgram(): Command {
       if (!r.ok) process.exitCode = 1;
     });
 
+  program.command("connect")
+    .description("a stdio MCP server for a local client (Claude Desktop, Cursor, VS Code) that forwards over mTLS to an agent")
+    .argument("[url]", "the agent's endpoint: https://HOST:PORT/mcp (Streamable HTTP, falls back to SSE), https://HOST:PORT/sse, wss://HOST:PORT/ws")
+    .option("--identity <dir>", "identity directory written by `mcpmesh enroll` (key.pem, cert.pem, ca.pem)")
+    .option("--expect <spiffe-id>", "refuse an agent that is not exactly this SPIFFE ID")
+    .addOption(new Option("--transport <kind>", "how to reach the agent").choices(["auto", "streamable-http", "sse", "ws"]).default("auto"))
+    .option("--no-renew", "do not renew the certificate in-process (when `mcpmesh renew --daemon` already does)")
+    .addOption(new Option("--print-config <client>", "print the JSON to paste into this client's MCP configuration, then exit").choices(["claude", "cursor", "vscode"]))
+    .option("--name <name>", "the server's name in the printed configuration", "mcpmesh")
+    .addHelpText("after", `
+stdout is the MCP channel; logs go to stderr. Examples:
+  mcpmesh connect https://agent.example.org:8443/mcp --identity ~/.mcpmesh/alice --expect spiffe://example.org/agents/weather
+  mcpmesh connect --print-config claude --identity ~/.mcpmesh/alice https://agent.example.org:8443/mcp --name weather`)
+    .action(async (url: string | undefined, o) => {
+      if (o.printConfig) {
+        const { clientConfig, CONFIG_FILES } = await import("./client-config.ts");
+        const cfg = clientConfig(o.printConfig, { url, identityDir: o.identity, expect: o.expect, transport: o.transport, name: o.name, renew: o.renew });
+        console.log(JSON.stringify(cfg, null, 2));
+        console.error(`paste into ${CONFIG_FILES[o.printConfig as keyof typeof CONFIG_FILES]}`);
+        return;
+      }
+      const { startConnect } = await import("../identity/connect.ts");
+      // Logs on stderr only: stdout carries nothing but the local client's JSON-RPC.
+      const log = createLogger({ name: "mcpmesh-connect", destination: 2 });
+      const conn = await startConnect({ url: url!, identityDir: o.identity, expect: o.expect, transport: o.transport, renew: o.renew, logger: log });
+      process.on("SIGINT", () => void conn.close());
+      process.on("SIGTERM", () => void conn.close());
+      const result = await conn.closed;
+      // Undici keeps idle sockets and stdin stays referenced: end explicitly once the session is over, after the
+      // last answers written to stdout are flushed (pipes are asynchronous on some platforms).
+      await new Promise<void>((resolve) => process.stdout.write("", () => resolve()));
+      if (result.error) throw result.error;
+      process.exit(0);
+    });
+
   program.command("demo")
     .description("run a whole mesh on this machine, narrated and checked: CA, enrollment, agent, policy, limits, revocation, rotation")
     .option("--keep", "leave the mesh running and print how to connect MCP clients to it (Ctrl-C stops it)")

@@ -1,9 +1,17 @@
-import { checkServerIdentity } from "node:tls";
+import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import { Agent, fetch as undiciFetch, type Dispatcher } from "undici";
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import { IDENTITY_FILES, loadIdentity, type Identity } from "./store.ts";
 import { checkPeerSvid } from "../agent/svid.ts";
+import { MeshError } from "../lib/errors.ts";
+
+/** The agent's certificate failed the `expect` check: a configuration or attack problem, never worth retrying. */
+export class PeerRejectedError extends MeshError {
+  constructor(message: string) {
+    super("MCPMESH_PEER_REJECTED", message);
+  }
+}
 
 export interface MeshFetchOptions {
   /** Require the server (agent) to present exactly this SPIFFE ID. */
@@ -56,20 +64,27 @@ export function createMeshFetch(dir: string, opts: MeshFetchOptions = {}): MeshF
 }
 
 function makeDispatcher(identity: Identity, opts: MeshFetchOptions): Dispatcher {
-  return new Agent({
-    connect: {
-      cert: identity.certPem,
-      key: identity.keyPem,
-      ca: identity.rootsPem,
-      minVersion: "TLSv1.3",
-      checkServerIdentity: (host, cert) => {
-        // Without an expected SPIFFE ID the agent is checked like any HTTPS server: by its DNS/IP SANs.
-        if (!opts.expect) return checkServerIdentity(host, cert);
-        const res = checkPeerSvid(cert.raw, { trustDomains: [new URL(opts.expect).host], purpose: "server" });
-        if (!res.ok) return new Error(`agent certificate rejected: ${res.reason}: ${res.detail}`);
-        if (res.id !== opts.expect) return new Error(`agent is ${res.id}, expected ${opts.expect}`);
-        return undefined;
-      },
+  return new Agent({ connect: meshTlsOptions(identity, opts.expect) });
+}
+
+/**
+ * TLS client options for the mesh: this identity's certificate, the mesh roots only (never the system store), TLS 1.3,
+ * and with `expect` the agent's SPIFFE ID checked instead of its DNS/IP names. Shared by the fetch and the WebSocket
+ * transport so both verify the agent the same way.
+ */
+export function meshTlsOptions(identity: Identity, expect?: string) {
+  return {
+    cert: identity.certPem,
+    key: identity.keyPem,
+    ca: identity.rootsPem,
+    minVersion: "TLSv1.3" as const,
+    checkServerIdentity: (host: string, cert: PeerCertificate): Error | undefined => {
+      // Without an expected SPIFFE ID the agent is checked like any HTTPS server: by its DNS/IP SANs.
+      if (!expect) return checkServerIdentity(host, cert);
+      const res = checkPeerSvid(cert.raw, { trustDomains: [new URL(expect).host], purpose: "server" });
+      if (!res.ok) return new PeerRejectedError(`agent certificate rejected: ${res.reason}: ${res.detail}`);
+      if (res.id !== expect) return new PeerRejectedError(`agent is ${res.id}, expected ${expect}`);
+      return undefined;
     },
-  });
+  };
 }
