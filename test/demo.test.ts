@@ -14,6 +14,8 @@ import { connect } from "node:net";
 import { runDemo, DEMO_IDS, READER_RATE, type DemoStep } from "../cli/demo.ts";
 import { renderStep } from "../cli/demo-cli.ts";
 import { REPO_ROOT } from "./helpers/cli.ts";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 
 const STEP_IDS = ["ca", "enroll", "agent", "reader-list", "reader-read", "reader-write-denied", "schema-rejected", "writer-write", "outsider-refused", "rate-limit", "revocation", "rotation", "audit"];
 
@@ -195,6 +197,13 @@ test("`mcpmesh demo --keep`: the mesh stays up with connect instructions; SIGINT
   assert.match(stdout, /"mcpServers": \{\s*"mcpmesh-notes"/);
   assert.match(stdout, /"servers": \{\s*"mcpmesh-notes": \{\s*"type": "stdio"/);
   assert.match(stdout, /npx @modelcontextprotocol\/inspector /);
+  // The printed command line works: an MCP client launching it (as Claude Desktop would) gets the writer's tools.
+  const [cmd, ...args] = /^ {2}(\S+ \S+mcpmesh\.js connect .*)$/m.exec(stdout)![1].split(" ");
+  const client = new Client({ name: "keep-test", version: "1.0.0" });
+  await client.connect(new StdioClientTransport({ command: cmd, args, stderr: "pipe", env: childEnv() as Record<string, string> }));
+  const tools = (await client.listTools()).tools.map((x) => x.name).sort();
+  await client.close();
+  assert.deepEqual(tools, ["add-note", "list-notes", "read-note"]);
   const port = Number(new URL(agentUrl[1]).port);
   const idDir = agentUrl[2];
   assert.equal(await listening(port), true, "the agent keeps running");
