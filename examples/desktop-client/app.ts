@@ -7,7 +7,7 @@
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import { createMeshFetch } from "../../identity/fetch.ts";
+import { createMeshFetch } from "mcpmesh"; // this repository's own package entry (lib/index.ts)
 
 const [url, identityDir, expect] = process.argv.slice(2);
 if (!url || !identityDir) {
