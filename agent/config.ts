@@ -403,7 +403,8 @@ const RULES_SCHEMA = {
 
 // The JSON schema catches shape errors (types, unknown fields, enums); everything that needs parsing or cross-field
 // knowledge is in semanticChecks. `x-hint` is our own annotation: the message shown when a `pattern` fails.
-const CONFIG_SCHEMA = {
+// Exported for docs/policy.md's test: every property here is documented there, and nothing else is.
+export const CONFIG_SCHEMA = {
   type: "object",
   additionalProperties: false,
   required: ["identity", "upstream"],

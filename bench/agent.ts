@@ -5,7 +5,7 @@
  *
  * env: BENCH_CLIENTS, BENCH_CALLS, BENCH_WARMUP, BENCH_ROUNDS, BENCH_NO_RAW=1, BENCH_PROFILE=1 (same as the flags).
  *
- * The upstream (examples/notes-server.ts) and the agent (the real `bin/mcpmesh.js agent run`) each run in their own
+ * The upstream (examples/notes-server/server.ts) and the agent (the real `bin/mcpmesh.js agent run`) each run in their own
  * process, so this process (the load generator) shares an event loop with neither. C concurrent SDK clients call
  * `read-note {title: "welcome"}` in a loop; the same client code runs in both modes, only the fetch differs (mTLS
  * fetch from identity/fetch.ts to the agent vs plain undici fetch to the upstream). A second table repeats the

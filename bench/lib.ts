@@ -195,7 +195,7 @@ export async function startBenchMesh(cleanup: Cleanup, prefix: string): Promise<
   cleanup.add(() => mesh.close());
   const agentDir = await mesh.issue("bench/agent", { kind: "agent" });
   const clientDir = await mesh.issue("bench/client", { kind: "client" });
-  const upstream = await startNode(["--import", "tsx", "examples/notes-server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
+  const upstream = await startNode(["--import", "tsx", "examples/notes-server/server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
   cleanup.add(() => upstream.stop());
   return { tmp, agentDir, clientDir, upstream };
 }

@@ -4,7 +4,7 @@
  *   node --import tsx bench/overhead.ts [--clients 8] [--calls 4000] [--warmup 300] [--rounds 4]
  *
  * Two real agents (`bin/mcpmesh.js agent run`, each in its own process) sit in front of the same upstream
- * (examples/notes-server.ts): "baseline" with every usage feature off (`limits.rate.perIdentity: off`,
+ * (examples/notes-server/server.ts): "baseline" with every usage feature off (`limits.rate.perIdentity: off`,
  * `concurrency: 0`, `coolDown: off`, no admin listener so no metrics, audit without the chain) and "features" with
  * all of them on (per-identity, per-tool and per-class buckets that never bite, a concurrency cap, cool-down, the
  * admin listener and its metrics, alerts, the hash-chained audit file). C connections (raw undici Pool over mTLS, one

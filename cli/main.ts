@@ -29,6 +29,11 @@ function passphrase(opts: { passphraseFile?: string }): string {
   return env;
 }
 
+/** The "Example:" block every command's help ends with. */
+function example(...lines: string[]): string {
+  return `\nExample${lines.length > 1 ? "s" : ""}:\n${lines.map((l) => `  ${l}`).join("\n")}`;
+}
+
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 function onSignals(stop: () => Promise<void> | void): void {
@@ -45,14 +50,17 @@ function onSignals(stop: () => Promise<void> | void): void {
 export function buildProgram(): Command {
   const program = new Command("mcpmesh")
     .description("zero-trust mTLS mesh for MCP servers")
+    .addHelpText("after", example("mcpmesh demo                                  # the whole mesh on this machine, narrated", "mcpmesh ca init --dir ./ca --trust-domain example.org --url https://127.0.0.1:9443", "mcpmesh agent run --config agent.yaml"))
     .version("0.1.0")
     .showHelpAfterError()
     .exitOverride();
 
-  const ca = program.command("ca").description("the certificate authority");
+  const ca = program.command("ca").description("the certificate authority")
+    .addHelpText("after", example("MCPMESH_CA_PASSPHRASE=... mcpmesh ca init --dir ./ca --trust-domain example.org --url https://127.0.0.1:9443", "mcpmesh ca token --dir ./ca --identity team-a/alice"));
 
   ca.command("init")
     .description("create a new CA (root + intermediate, ECDSA P-256, keys encrypted with the passphrase)")
+    .addHelpText("after", example("MCPMESH_CA_PASSPHRASE='a long passphrase' mcpmesh ca init --dir ./ca --trust-domain example.org --url https://127.0.0.1:9443 --admin ops/admin"))
     .requiredOption("--dir <dir>", "CA directory (created 0700)")
     .requiredOption("--trust-domain <td>", "SPIFFE trust domain, e.g. example.org")
     .requiredOption("--url <url>", "the URL clients and agents reach the CA at, https://HOST:PORT")
@@ -69,6 +77,7 @@ export function buildProgram(): Command {
 
   ca.command("serve")
     .description("serve the CA's HTTPS API (enroll, renew, revoke, crl, bundle)")
+    .addHelpText("after", example("mcpmesh ca serve --dir ./ca --passphrase-file /run/secrets/ca-passphrase --listen 10.0.0.2:9443"))
     .requiredOption("--dir <dir>", "CA directory")
     .option("--listen <host:port>", "address to listen on (default: the host and port of the CA URL)")
     .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
@@ -90,6 +99,7 @@ export function buildProgram(): Command {
 
   ca.command("token")
     .description("create a one-time enrollment token bound to one identity")
+    .addHelpText("after", example("mcpmesh ca token --dir ./ca --identity team-a/alice --cert-ttl 1h", "mcpmesh ca token --dir ./ca --identity agents/notes --kind agent --ip 127.0.0.1 --dns notes.internal"))
     .requiredOption("--dir <dir>", "CA directory")
     .requiredOption("--identity <path>", "SPIFFE path, e.g. team-a/alice")
     .addOption(new Option("--kind <kind>", "certificate kind").choices(["client", "agent"]).default("client"))
@@ -117,6 +127,7 @@ export function buildProgram(): Command {
 
   ca.command("revoke")
     .description("revoke certificates by serial or by identity")
+    .addHelpText("after", example("mcpmesh ca revoke --dir ./ca --identity team-a/alice --reason keyCompromise"))
     .requiredOption("--dir <dir>", "CA directory")
     .option("--identity <path>", "revoke every certificate of this identity")
     .option("--serial <hex>", "revoke one certificate")
@@ -134,6 +145,7 @@ export function buildProgram(): Command {
 
   ca.command("list")
     .description("list issued certificates")
+    .addHelpText("after", example("mcpmesh ca list --dir ./ca --json"))
     .requiredOption("--dir <dir>", "CA directory")
     .option("--json", "print JSON")
     .action((o) => {
@@ -153,6 +165,7 @@ export function buildProgram(): Command {
 
   program.command("enroll")
     .description("enroll with a one-time token: generate a key here, get a certificate from the CA")
+    .addHelpText("after", example("mcpmesh enroll \"$(mcpmesh ca token --dir ./ca --identity team-a/alice)\" --dir ./alice-id"))
     .argument("<token>", "the token from `mcpmesh ca token`")
     .requiredOption("--dir <dir>", "identity directory to write (key.pem, cert.pem, ca.pem)")
     .option("--force", "replace an identity already in --dir")
@@ -165,6 +178,7 @@ export function buildProgram(): Command {
 
   program.command("renew")
     .description("renew the certificate in an identity directory over mTLS")
+    .addHelpText("after", example("mcpmesh renew --dir ./alice-id", "mcpmesh renew --dir ./agent-id --daemon --exec 'systemctl reload my-server'"))
     .requiredOption("--dir <dir>", "identity directory")
     .option("--daemon", "keep running and renew at half-life (±10% jitter), retrying with backoff")
     .option("--exec <cmd>", "run this command after each renewal (e.g. to reload a server)")
@@ -190,10 +204,12 @@ export function buildProgram(): Command {
       });
     });
 
-  const agent = program.command("agent").description("the sidecar in front of an MCP server");
+  const agent = program.command("agent").description("the sidecar in front of an MCP server")
+    .addHelpText("after", example("mcpmesh agent check --config agent.yaml", "mcpmesh agent run --config agent.yaml"));
 
   agent.command("run")
     .description("run the agent: mTLS gate, policy and validation in front of the configured MCP server")
+    .addHelpText("after", example("mcpmesh agent run --config agent.yaml          # SIGHUP reloads, SIGTERM drains; see docs/policy.md"))
     .requiredOption("--config <file>", "agent configuration (YAML or JSON)")
     .action(async (o) => {
       const log = createLogger({ name: "mcpmesh-agent" });
@@ -207,6 +223,7 @@ export function buildProgram(): Command {
 
   agent.command("check")
     .description("validate a config and its policy; optionally explain one call")
+    .addHelpText("after", example("mcpmesh agent check --config agent.yaml", "mcpmesh agent check --config agent.yaml --identity spiffe://example.org/team-a/alice --tool add-note --args '{\"title\":\"x\"}'"))
     .requiredOption("--config <file>", "agent configuration (YAML or JSON)")
     .option("--identity <spiffe-id>", "explain: the caller's SPIFFE ID")
     .option("--tool <name>", "explain: the tool called")
@@ -258,6 +275,7 @@ export function buildProgram(): Command {
 
   agent.command("status")
     .description("a human summary from a running agent's admin listener: traffic, denials, certificates, upstream")
+    .addHelpText("after", example("mcpmesh agent status --config agent.yaml", "mcpmesh agent status --admin http://127.0.0.1:9100 --json"))
     .option("--admin <url>", "the admin listener, e.g. http://127.0.0.1:9100")
     .option("--config <file>", "find the admin listener in this agent configuration")
     .option("--json", "print the raw JSON status")
@@ -277,9 +295,11 @@ export function buildProgram(): Command {
       console.log(o.json ? JSON.stringify(st, null, 2) : formatStatus(st));
     });
 
-  const tools = agent.command("tools").description("tool pinning");
+  const tools = agent.command("tools").description("tool pinning")
+    .addHelpText("after", example("mcpmesh agent tools list --config agent.yaml"));
   tools.command("approve")
     .description("approve a changed tool definition (or pin a given hash)")
+    .addHelpText("after", example("mcpmesh agent tools approve --config agent.yaml add-note"))
     .requiredOption("--config <file>", "agent configuration")
     .argument("<tool>", "tool name")
     .option("--hash <sha256>", "pin exactly this definition hash")
@@ -293,6 +313,7 @@ export function buildProgram(): Command {
     });
   tools.command("list")
     .description("list pinned tools and changes waiting for approval")
+    .addHelpText("after", example("mcpmesh agent tools list --config agent.yaml"))
     .requiredOption("--config <file>", "agent configuration")
     .action(async (o) => {
       const { loadAgentConfig } = await import("../agent/config.ts");
@@ -302,9 +323,11 @@ export function buildProgram(): Command {
       for (const p of store.list()) console.log(`${p.name.padEnd(32)} ${p.hash}${p.pending ? `  CHANGED -> ${p.pending.hash} (approve with: mcpmesh agent tools approve --config ${o.config} ${p.name})` : ""}`);
     });
 
-  const audit = program.command("audit").description("the agent's tamper-evident audit log");
+  const audit = program.command("audit").description("the agent's tamper-evident audit log")
+    .addHelpText("after", example("mcpmesh audit verify audit.log.1 audit.log"));
   audit.command("verify")
     .description("check the hash chain of audit files (oldest first, e.g. audit.log.2 audit.log.1 audit.log)")
+    .addHelpText("after", example("mcpmesh audit verify audit.log.2 audit.log.1 audit.log"))
     .argument("<files...>", "audit log files, oldest first")
     .option("--json", "print JSON")
     .action(async (files: string[], o) => {
@@ -357,11 +380,12 @@ stdout is the MCP channel; logs go to stderr. Examples:
     });
 
   program.command("demo")
-    .description("run a whole mesh on this machine, narrated: CA, enrollment, agent, policy, rotation, revocation")
-    .option("--keep", "keep the demo's files")
+    .description("run a whole mesh on this machine, narrated and checked: CA, enrollment, agent, policy, limits, revocation, rotation")
+    .option("--keep", "leave the mesh running and print how to connect MCP clients to it (Ctrl-C stops it)")
+    .addHelpText("after", example("mcpmesh demo            # exits 0 when every step behaved as expected", "mcpmesh demo --keep     # then connect Claude Desktop, Cursor, VS Code or the MCP Inspector"))
     .action(async (o) => {
-      const { runDemo } = await import("./demo.ts");
-      await runDemo({ keep: o.keep });
+      const { runDemoCli } = await import("./demo-cli.ts");
+      process.exitCode = await runDemoCli({ keep: !!o.keep });
     });
 
   return program;

@@ -25,19 +25,4 @@ test("usage errors exit 2 and name the problem", () => {
   assert.match(missing.stderr, /required option '--trust-domain <td>' not specified/);
 });
 
-test("the README's main job, `mcpmesh demo`, runs the whole mesh and shows each defence", () => {
-  const demo = run("demo");
-  assert.equal(demo.status, 0, demo.stderr);
-  const out = demo.stdout;
-  assert.match(out, /tools\/list shows her only: list-notes, read-note\n/);
-  assert.match(out, /add-note \(a write tool\): REFUSED \(MCP error -32602: Unknown tool: add-note\)/);
-  assert.match(out, /add-note title=plans: "added \\"plans\\""/);
-  assert.match(out, /must match pattern/);
-  assert.match(out, /delete-note: REFUSED/);
-  assert.match(out, /notes on the server now: welcome, plans\n/);
-  assert.match(out, /the agent's log says why: not_admitted/);
-  assert.match(out, /alice renewed over mTLS/);
-  assert.match(out, /alice reconnects: REFUSED/);
-  assert.match(out, /the agent's log says why: revoked/);
-  assert.match(out, /Done\./);
-});
+// `mcpmesh demo` is checked step by step in test/demo.test.ts (from the packed package).

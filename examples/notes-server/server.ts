@@ -3,7 +3,7 @@
  * change things (add-note, delete-note). It uses the SDK's low-level Server with plain JSON Schemas, listens on
  * loopback only, and knows nothing of mcpmesh.
  *
- *   node --import tsx examples/notes-server.ts [port]      # serves http://127.0.0.1:PORT/mcp
+ *   node --import tsx examples/notes-server/server.ts [port]      # serves http://127.0.0.1:PORT/mcp
  */
 import { createServer, type Server as HttpServer } from "node:http";
 import { randomUUID } from "node:crypto";
