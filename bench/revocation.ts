@@ -96,7 +96,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
     (await Authority.init({ dir: caDir, trustDomain: TRUST_DOMAIN, url, passphrase: PASSPHRASE, admins: ["rev-admin/ops"] })).close();
     const ca = await startNode([BIN, "ca", "serve", "--dir", caDir], (l) => (l.includes('"listening"') ? l : undefined), { env: { MCPMESH_CA_PASSPHRASE: PASSPHRASE, MCPMESH_LOG_LEVEL: "info" }, ms: 60_000 });
     cleanup.add(() => ca.stop());
-    const upstream = await startNode(["--import", "tsx", "examples/notes-server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
+    const upstream = await startNode(["--import", "tsx", "examples/notes-server/server.ts", "0"], (line) => /^notes MCP server on (http:\/\/127\.0\.0\.1:\d+\/mcp)$/.exec(line)?.[1]);
     cleanup.add(() => upstream.stop());
 
     process.stderr.write(`revocation: starting ${agentsN} agents subscribed to the CA's feed...\n`);

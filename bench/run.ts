@@ -12,7 +12,7 @@
  * The issuance, memory and revocation benches (bench/issuance.ts, memory.ts, revocation.ts) take their settings
  * from their own environment variables; see each file.
  *
- * What runs, each in its own process: the upstream MCP server (examples/notes-server.ts, plain HTTP on loopback),
+ * What runs, each in its own process: the upstream MCP server (examples/notes-server/server.ts, plain HTTP on loopback),
  * the agent (`bin/mcpmesh.js agent run`, full default pipeline: mTLS gate, policy, schema validation, rate limits set
  * high enough never to bite, hash-chained audit to a file, metrics on an admin listener), nginx (bench/nginx.ts) and
  * the load generator (bench/loadgen.ts, one process per measurement). Targets are interleaved in rounds with the order
@@ -385,7 +385,7 @@ async function main(): Promise<void> {
     "",
     "## Setup",
     "",
-    `- Upstream: examples/notes-server.ts (MCP SDK Streamable HTTP server, stateful), plain HTTP on loopback; \`direct\` is the load generator talking to it without TLS.`,
+    `- Upstream: examples/notes-server/server.ts (MCP SDK Streamable HTTP server, stateful), plain HTTP on loopback; \`direct\` is the load generator talking to it without TLS.`,
     `- nginx ${nginxVersion}: mTLS reverse proxy (TLS 1.3, \`ssl_verify_client on\` against the mesh roots, P-256 server certificate from the mesh CA, upstream keep-alive, \`access_log off\`, \`worker_processes auto\` = ${nginxPids().length - 1} workers, \`proxy_buffering off\` so SSE streams flow). No inspection.`,
     "- Agent: `mcpmesh agent run` (one process), full default pipeline: mTLS gate (SVID checks), policy, schema validation of the arguments against the listed inputSchema, rate limits (per identity, tool, class and rule, plus a concurrency cap; set high so they never bite), hash-chained audit log to a file, Prometheus metrics (admin listener), alerts.",
     `- Load generator: bench/loadgen.ts in its own process, raw HTTP/1.1 over TLS with a client certificate; per connection an MCP \`initialize\` + \`notifications/initialized\`, then a prebuilt 125-byte \`tools/call\` (read-note), one request in flight per connection; every response must be HTTP 200 and contain the note's text.`,
