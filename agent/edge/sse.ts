@@ -27,36 +27,5 @@ export async function relaySse(src: Readable, write: (chunk: string) => boolean 
     },
   });
   const decoder = new TextDecoder();
-  // Listeners rather than `for await`: an async iterator per response costs more than the one event it usually carries.
-  await new Promise<void>((resolve, reject) => {
-    const fail = (e: unknown) => {
-      cleanup();
-      reject(e);
-    };
-    const end = () => {
-      cleanup();
-      resolve();
-    };
-    const data = (chunk: Buffer | string) => {
-      try {
-        parser.feed(typeof chunk === "string" ? chunk : decoder.decode(chunk, { stream: true }));
-      } catch (e) {
-        src.destroy();
-        fail(e);
-      }
-    };
-    // A stream destroyed before it ended (client gone, session closed) ends the relay like `for await` did.
-    const close = () => (src.readableEnded ? end() : fail(Object.assign(new Error("Premature close"), { code: "ERR_STREAM_PREMATURE_CLOSE" })));
-    const cleanup = () => {
-      src.off("data", data);
-      src.off("end", end);
-      src.off("error", fail);
-      src.off("close", close);
-    };
-    if (src.destroyed) return close();
-    src.on("data", data);
-    src.once("end", end);
-    src.once("error", fail);
-    src.once("close", close);
-  });
+  for await (const chunk of src) parser.feed(typeof chunk === "string" ? chunk : decoder.decode(chunk as Uint8Array, { stream: true }));
 }

@@ -31,9 +31,6 @@ const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-contr
 
 export class BodyTooLarge extends Error {}
 
-/** How long a POST's SSE response headers may wait for the first event before they are sent alone. */
-const HEADER_HOLD_MS = 50;
-
 /** One strict decoder for every body (it keeps no state between calls without `stream`). */
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -299,27 +296,10 @@ export class StreamableHttpEdge {
     const type = (headers["content-type"] ?? "").toLowerCase();
     if (type.startsWith("text/event-stream")) {
       res.writeHead(up.status, { ...headers, "cache-control": "no-cache", "x-accel-buffering": "no" });
-      // A GET stream announces itself at once. A POST's stream usually carries one event and ends: its headers,
-      // events and end are corked into one write (one TLS record) per upstream read, and go out on the first event
-      // or within HEADER_HOLD_MS, so a slow tool still has its stream open promptly.
-      let hold: NodeJS.Timeout | undefined;
-      if (req.method === "GET") res.flushHeaders();
-      else hold = setTimeout(() => res.flushHeaders(), HEADER_HOLD_MS);
-      let corked = false;
-      const uncork = () => {
-        if (!corked) return; // end() has flushed everything already
-        corked = false;
-        res.uncork();
-      };
-      const write = (chunk: string) => {
-        if (hold) hold = void clearTimeout(hold);
-        if (!corked) {
-          corked = true;
-          res.cork();
-          setImmediate(uncork);
-        }
-        return res.write(chunk);
-      };
+      // Headers go out at once, so a slow tool's stream is open promptly. (Corking a POST's events into one TLS write
+      // was tried for speed and left the keep-alive socket corked on Node 24: responses after it never left.)
+      res.flushHeaders();
+      const write = (chunk: string) => res.write(chunk);
       const close = () => {
         up.body.destroy();
         res.destroy();
@@ -332,9 +312,7 @@ export class StreamableHttpEdge {
       try {
         await relaySse(up.body, write, (ev) => this.#filterEvent(session, caller, ev.data));
       } finally {
-        clearTimeout(hold);
         session.closers.delete(close);
-        corked = false; // end() fully uncorks the socket
         res.end();
       }
       return;
