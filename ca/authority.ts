@@ -8,28 +8,19 @@ import { makeSpiffeId, validateTrustDomain, validateIdentityPath, parseSpiffeId 
 import { KeyObject } from "node:crypto";
 import { x509, crypto, derToPem, fingerprint, normalizeSerial, pemToDer } from "../lib/x509.ts";
 import { children, readWhole } from "./der.ts";
-import { CaExistsError, ForbiddenError, NotFoundError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
+import { CaExistsError, ForbiddenError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
-import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, MAX_LEAF_TTL_MS, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
+import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
 import { CaStore, type CertKind, type CertRecord } from "./store.ts";
-import { encodeToken, hashTokenSecret, newTokenSecret, decodeToken } from "./token.ts";
+import { hashTokenSecret, decodeToken } from "./token.ts";
+import { CA_FILES, createToken, listCertificates, openCaStore, readCaConfig, revoke, type CaConfig, type CertificateStatus, type TokenOptions } from "./admin.ts";
+
+export { createToken, revoke, listCertificates, type CaConfig, type CertificateStatus, type TokenOptions } from "./admin.ts";
 
 const ROOT_TTL_MS = 10 * 365 * 86_400_000;
 const INTERMEDIATE_TTL_MS = 5 * 365 * 86_400_000;
-const DEFAULT_TOKEN_TTL_MS = 15 * 60_000;
-const MAX_TOKEN_TTL_MS = 7 * 86_400_000;
 /** CRLs are short-lived too: agents re-fetch before nextUpdate, and a stale CRL is a signal, not a silent pass. */
 export const CRL_VALIDITY_MS = 60 * 60_000;
-
-export interface CaConfig {
-  version: 1;
-  trustDomain: string;
-  url: string;
-  rootFingerprint: string;
-  /** SPIFFE IDs allowed to revoke over the API (mTLS). */
-  admins: string[];
-  createdAt: string;
-}
 
 export interface InitOptions {
   dir: string;
@@ -38,15 +29,6 @@ export interface InitOptions {
   passphrase: string;
   admins?: string[];
   clock?: () => number;
-}
-
-export interface TokenOptions {
-  identity: string;
-  kind?: CertKind;
-  ttlMs?: number;
-  certTtlMs?: number;
-  dns?: string[];
-  ips?: string[];
 }
 
 export interface IssuedCertificate {
@@ -61,11 +43,6 @@ export interface IssuedCertificate {
   rootsPem: string;
 }
 
-export interface CertificateStatus extends Omit<CertRecord, "pem"> {
-  status: "valid" | "expired" | "revoked";
-}
-
-const FILES = { config: "ca.json", root: "root.pem", rootKey: "root.key", int: "intermediate.pem", intKey: "intermediate.key", db: "ca.db" };
 
 function validateUrl(url: string): URL {
   let u: URL;
@@ -129,7 +106,7 @@ export class Authority extends EventEmitter {
     const admins = (opts.admins ?? []).map((a) => (a.startsWith("spiffe://") ? a : makeSpiffeId(opts.trustDomain, validateIdentityPath(a, "admin")).uri));
     for (const a of admins) if (!parseSpiffeId(a)) throw new InvalidArgumentError("admin", `"${a}" is not a SPIFFE ID`);
     if (exists(opts.dir)) {
-      const present = readdirSync(opts.dir).filter((f) => Object.values(FILES).includes(f));
+      const present = readdirSync(opts.dir).filter((f) => Object.values(CA_FILES).includes(f));
       if (present.length > 0) throw new CaExistsError(opts.dir);
     }
     const clock = opts.clock ?? Date.now;
@@ -184,13 +161,13 @@ export class Authority extends EventEmitter {
       createdAt: new Date(now).toISOString(),
     };
     // Keys first, config last: a directory without ca.json is an unfinished init and can be retried by hand.
-    writePrivateFileAtomic(join(opts.dir, FILES.rootKey), encryptPrivateKey(rootKeys.privateKey, opts.passphrase));
-    writePrivateFileAtomic(join(opts.dir, FILES.intKey), encryptPrivateKey(intKeys.privateKey, opts.passphrase));
-    writeFileAtomic(join(opts.dir, FILES.root), rootPem);
-    writeFileAtomic(join(opts.dir, FILES.int), intPem);
-    const store = CaStore.open(join(opts.dir, FILES.db), { create: true });
+    writePrivateFileAtomic(join(opts.dir, CA_FILES.rootKey), encryptPrivateKey(rootKeys.privateKey, opts.passphrase));
+    writePrivateFileAtomic(join(opts.dir, CA_FILES.intKey), encryptPrivateKey(intKeys.privateKey, opts.passphrase));
+    writeFileAtomic(join(opts.dir, CA_FILES.root), rootPem);
+    writeFileAtomic(join(opts.dir, CA_FILES.int), intPem);
+    const store = CaStore.open(join(opts.dir, CA_FILES.db), { create: true });
     store.addEvent("ca.init", { detail: { trustDomain: opts.trustDomain, url: config.url, rootFingerprint: config.rootFingerprint } }, now);
-    writeFileAtomic(join(opts.dir, FILES.config), JSON.stringify(config, null, 2) + "\n", 0o600);
+    writeFileAtomic(join(opts.dir, CA_FILES.config), JSON.stringify(config, null, 2) + "\n", 0o600);
     const intSigning = await toWebCryptoSigningKey(intKeys.privateKey);
     return new Authority(opts.dir, config, rootPem, intPem, intSigning, intKeys.privateKey, store, clock);
   }
@@ -200,15 +177,15 @@ export class Authority extends EventEmitter {
     const config = Authority.readConfig(opts.dir);
     let rootPem: string, intPem: string, intKeyPem: string;
     try {
-      rootPem = readFileSync(join(opts.dir, FILES.root), "utf8");
-      intPem = readFileSync(join(opts.dir, FILES.int), "utf8");
-      intKeyPem = readFileSync(join(opts.dir, FILES.intKey), "utf8");
+      rootPem = readFileSync(join(opts.dir, CA_FILES.root), "utf8");
+      intPem = readFileSync(join(opts.dir, CA_FILES.int), "utf8");
+      intKeyPem = readFileSync(join(opts.dir, CA_FILES.intKey), "utf8");
     } catch (e) {
       throw new StateError(`the CA directory ${opts.dir} is incomplete: ${(e as Error).message}`, { cause: e });
     }
-    if (fingerprint(rootPem) !== config.rootFingerprint) throw new StateError(`${join(opts.dir, FILES.root)} does not match the fingerprint recorded in ca.json`);
+    if (fingerprint(rootPem) !== config.rootFingerprint) throw new StateError(`${join(opts.dir, CA_FILES.root)} does not match the fingerprint recorded in ca.json`);
     const key = decryptPrivateKey(intKeyPem, opts.passphrase, "the intermediate CA key");
-    const store = CaStore.open(join(opts.dir, FILES.db));
+    const store = CaStore.open(join(opts.dir, CA_FILES.db));
     return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), key, store, opts.clock ?? Date.now);
   }
 
@@ -217,27 +194,13 @@ export class Authority extends EventEmitter {
    * is signed by `ca serve`, which holds the key).
    */
   static openStore(dir: string): { config: CaConfig; store: CaStore } {
-    const config = Authority.readConfig(dir);
-    return { config, store: CaStore.open(join(dir, FILES.db)) };
+    return openCaStore(dir);
   }
 
   static readConfig(dir: string): CaConfig {
-    const path = join(dir, FILES.config);
-    let raw: string;
-    try {
-      raw = readFileSync(path, "utf8");
-    } catch {
-      throw new StateError(`no CA in ${dir} (missing ${FILES.config}); run \`mcpmesh ca init --dir ${dir}\` first`);
-    }
-    try {
-      const c = JSON.parse(raw) as CaConfig;
-      if (c.version !== 1 || typeof c.trustDomain !== "string" || typeof c.url !== "string" || typeof c.rootFingerprint !== "string") throw new Error("fields missing");
-      c.admins ??= [];
-      return c;
-    } catch (e) {
-      throw new StateError(`${path} is corrupt: ${(e as Error).message}`, { cause: e });
-    }
+    return readCaConfig(dir);
   }
+
 
   close(): void {
     this.#store.close();
@@ -245,7 +208,7 @@ export class Authority extends EventEmitter {
 
   /** The store's write-ahead log: it changes on every write by any process (the live feed watches it). */
   get storeWalPath(): string {
-    return join(this.dir, `${FILES.db}-wal`);
+    return join(this.dir, `${CA_FILES.db}-wal`);
   }
 
   get store(): CaStore {
@@ -469,52 +432,3 @@ function crlNumberDer(n: number): ArrayBuffer {
   return der.buffer.slice(der.byteOffset, der.byteOffset + der.length) as ArrayBuffer;
 }
 
-/** Token creation needs no key, so `mcpmesh ca token` works without the passphrase. */
-export function createToken(store: CaStore, config: CaConfig, opts: TokenOptions, now: number) {
-  const kind = opts.kind ?? "client";
-  if (kind !== "client" && kind !== "agent") throw new InvalidArgumentError("kind", `"${String(kind)}" must be client or agent`);
-  const identity = makeSpiffeId(config.trustDomain, opts.identity).uri;
-  const ttlMs = opts.ttlMs ?? DEFAULT_TOKEN_TTL_MS;
-  if (!(ttlMs > 0) || ttlMs > MAX_TOKEN_TTL_MS) throw new InvalidArgumentError("ttl", "must be between 1s and 7d");
-  const certTtlMs = opts.certTtlMs ?? DEFAULT_TTL_MS[kind];
-  if (!(certTtlMs >= 60_000) || certTtlMs > MAX_LEAF_TTL_MS) throw new InvalidArgumentError("cert-ttl", "must be between 1m and 24h (certificates are short-lived by design)");
-  const dns = opts.dns ?? [];
-  const ips = opts.ips ?? [];
-  if (kind === "client" && (dns.length > 0 || ips.length > 0)) throw new InvalidArgumentError("dns", "DNS/IP names are for agent certificates only (--kind agent)");
-  validateSans(dns, ips);
-  const secret = newTokenSecret();
-  const expiresAt = now + ttlMs;
-  store.transaction(() => {
-    store.insertToken({ hash: hashTokenSecret(secret), identity, kind, certTtlMs, dns, ips, createdAt: now, expiresAt, usedAt: null });
-    store.addEvent("token.created", { identity, detail: { kind, expiresAt, certTtlMs } }, now);
-  });
-  return { token: encodeToken({ url: config.url, fingerprint: config.rootFingerprint, secret }), identity, kind, expiresAt, certTtlMs };
-}
-
-export function revoke(store: CaStore, config: CaConfig, target: { serial?: string; identity?: string; reason?: string }, now: number, by: string): string[] {
-  if ((target.serial ? 1 : 0) + (target.identity ? 1 : 0) !== 1) throw new InvalidArgumentError("target", "give exactly one of serial or identity");
-  const reason = target.reason ?? "unspecified";
-  if (typeof reason !== "string" || reason.length > 200) throw new InvalidArgumentError("reason", "must be a short text");
-  let serials: string[];
-  if (target.serial) {
-    if (!/^[0-9a-fA-F:]+$/.test(target.serial)) throw new InvalidArgumentError("serial", `"${target.serial}" is not a hexadecimal serial number`);
-    const serial = normalizeSerial(target.serial);
-    const rec = store.getCert(serial);
-    if (!rec) throw new NotFoundError(`serial: no certificate ${serial} was issued by this CA`);
-    serials = [serial];
-  } else {
-    const identity = target.identity!.startsWith("spiffe://") ? target.identity! : makeSpiffeId(config.trustDomain, target.identity!).uri;
-    serials = store.serialsForIdentity(identity);
-    if (serials.length === 0) throw new NotFoundError(`identity: no certificate was issued to ${identity}`);
-  }
-  return store.transaction(() => {
-    const done = store.revokeSerials(serials, now, reason);
-    for (const s of done) store.addEvent("cert.revoked", { serial: s, detail: { reason, by } }, now);
-    if (done.length > 0) store.setMeta("revocations", String(Number(store.getMeta("revocations") ?? "0") + 1));
-    return done;
-  });
-}
-
-export function listCertificates(store: CaStore, now: number): CertificateStatus[] {
-  return store.listCerts().map(({ pem: _pem, ...r }) => ({ ...r, status: r.revokedAt !== null ? "revoked" : r.notAfter <= now ? "expired" : "valid" }));
-}

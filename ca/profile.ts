@@ -3,13 +3,11 @@ import { isIP } from "node:net";
 import { derToPem, normalizeSerial, x509 } from "../lib/x509.ts";
 import { bitString, children, DerError, octets, oid, oidString, readWhole, seq, time, tlv } from "./der.ts";
 import { CsrRejectedError } from "./errors.ts";
-import { InvalidArgumentError } from "../lib/errors.ts";
 import type { CertKind } from "./store.ts";
 
 /** Clock skew allowance: leaves are valid from one minute before issuance. */
 export const BACKDATE_MS = 60_000;
-export const MAX_LEAF_TTL_MS = 24 * 3_600_000;
-export const DEFAULT_TTL_MS: Record<CertKind, number> = { client: 3_600_000, agent: 24 * 3_600_000, server: 24 * 3_600_000 };
+export { DEFAULT_TTL_MS, MAX_LEAF_TTL_MS, validateSans } from "./lifetimes.ts";
 
 /** 128 random bits; a leading zero byte keeps the DER INTEGER positive when the top bit is set. */
 export function randomSerial(): string {
@@ -273,11 +271,3 @@ export function acceptCsr(csrPem: unknown): Buffer {
   return csr.spki;
 }
 
-export function validateSans(dns: string[], ips: string[]): void {
-  for (const d of dns) {
-    if (!/^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(d) || d.length > 253) {
-      throw new InvalidArgumentError("dns", `"${d}" is not a valid DNS name`);
-    }
-  }
-  for (const ip of ips) if (isIP(ip) === 0) throw new InvalidArgumentError("ip", `"${ip}" is not an IP address`);
-}

@@ -1,5 +1,5 @@
-import { join, resolve } from "node:path";
 import { InvalidArgumentError } from "../lib/errors.ts";
+import { binPath } from "../lib/paths.ts";
 import { resolveConnectOptions, type ConnectTransportKind } from "../identity/connect.ts";
 
 export const CONFIG_CLIENTS = ["claude", "cursor", "vscode"] as const;
@@ -12,8 +12,6 @@ export const CONFIG_FILES: Record<ConfigClient, string> = {
   vscode: ".vscode/mcp.json in the workspace (or the user profile's mcp.json)",
 };
 
-const BIN = resolve(join(import.meta.dirname, "..", "bin", "mcpmesh.js"));
-
 /**
  * The JSON a desktop client needs to start `mcpmesh connect` as a stdio server: absolute paths for node, the
  * mcpmesh entry point and the identity directory, since clients start servers from an unknown working directory.
@@ -24,7 +22,7 @@ export function clientConfig(client: string, o: { url?: string; identityDir?: st
   const r = resolveConnectOptions(o);
   const name = o.name ?? "mcpmesh";
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(name)) throw new InvalidArgumentError("name", `"${name}" must be 1-64 letters, digits, '.', '-' or '_'`);
-  const args = [BIN, "connect", r.url.href, "--identity", r.identityDir];
+  const args = [binPath(), "connect", r.url.href, "--identity", r.identityDir];
   if (r.expect) args.push("--expect", r.expect);
   if (r.transport !== ("auto" as ConnectTransportKind)) args.push("--transport", r.transport);
   if (o.renew === false) args.push("--no-renew");

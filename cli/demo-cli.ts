@@ -1,4 +1,5 @@
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { binPath } from "../lib/paths.ts";
 import { runDemo, DEMO_IDS, type DemoMesh, type DemoStep } from "./demo.ts";
 
 /**
@@ -76,7 +77,7 @@ export async function runDemoCli(opts: { keep: boolean }): Promise<number> {
 }
 
 function printConnectHelp(m: DemoMesh, p: { bold: (s: string) => string; dim: (s: string) => string; out: (s?: string) => void }): void {
-  const bin = resolve(join(import.meta.dirname, "..", "bin", "mcpmesh.js"));
+  const bin = binPath();
   const args = [bin, "connect", m.agentUrl, "--identity", m.identities.writer, "--expect", DEMO_IDS.agent];
   const server = { command: process.execPath, args };
   const { out, bold, dim } = p;

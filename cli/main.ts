@@ -3,14 +3,11 @@ import { Command, Option, CommanderError } from "commander";
 import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
 import { createLogger } from "../lib/log.ts";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
-import { Authority, createToken, revoke, listCertificates } from "../ca/authority.ts";
-import { startCaServer } from "../ca/server.ts";
-import { enroll } from "../identity/enroll.ts";
-import { renewIdentity } from "../identity/renew.ts";
-import { RenewalScheduler } from "../identity/rotation.ts";
+import { createToken, revoke, listCertificates, openCaStore } from "../ca/admin.ts";
 import { runAfterRenewal } from "./exec.ts";
-// The agent and the demo pull in the MCP SDK, ajv and more: they are imported by the commands that use them only,
-// so the CA and enrollment commands (scripts, tests) start in about half the time.
+// Each command imports what it uses when it runs: the X.509 library, the MCP SDK, ajv and the rest take several
+// hundred milliseconds to load, and `ca revoke` (whose start is part of revocation latency), `ca token` and `ca list`
+// need none of them.
 
 /**
  * The `mcpmesh` command line. Every command is a thin shell over a library function; this is the only place that
@@ -67,6 +64,7 @@ export function buildProgram(): Command {
     .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
     .option("--admin <path>", "identity allowed to revoke over the API (repeatable)", collect, [])
     .action(async (o) => {
+      const { Authority } = await import("../ca/authority.ts");
       const a = await Authority.init({ dir: o.dir, trustDomain: o.trustDomain, url: o.url, passphrase: passphrase(o), admins: o.admin });
       console.log(`CA created in ${o.dir}`);
       console.log(`  trust domain      ${a.trustDomain}`);
@@ -83,6 +81,8 @@ export function buildProgram(): Command {
     .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
     .action(async (o) => {
       const log = createLogger({ name: "mcpmesh-ca" });
+      const { Authority } = await import("../ca/authority.ts");
+      const { startCaServer } = await import("../ca/server.ts");
       const authority = await Authority.open({ dir: o.dir, passphrase: passphrase(o) });
       let srv;
       try {
@@ -109,7 +109,7 @@ export function buildProgram(): Command {
     .option("--ip <addr>", "IP SAN for an agent certificate (repeatable)", collect, [])
     .option("--json", "print JSON")
     .action((o) => {
-      const { config, store } = Authority.openStore(o.dir);
+      const { config, store } = openCaStore(o.dir);
       try {
         const t = createToken(store, config, {
           identity: o.identity, kind: o.kind, ttlMs: parseDuration(o.ttl, "ttl"),
@@ -133,7 +133,7 @@ export function buildProgram(): Command {
     .option("--serial <hex>", "revoke one certificate")
     .option("--reason <reason>", "keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn, or free text")
     .action((o) => {
-      const { config, store } = Authority.openStore(o.dir);
+      const { config, store } = openCaStore(o.dir);
       try {
         const serials = revoke(store, config, { serial: o.serial, identity: o.identity, reason: o.reason }, Date.now(), "cli");
         if (serials.length === 0) console.log("nothing to revoke: already revoked");
@@ -149,7 +149,7 @@ export function buildProgram(): Command {
     .requiredOption("--dir <dir>", "CA directory")
     .option("--json", "print JSON")
     .action((o) => {
-      const { store } = Authority.openStore(o.dir);
+      const { store } = openCaStore(o.dir);
       try {
         const rows = listCertificates(store, Date.now());
         if (o.json) {
@@ -170,6 +170,7 @@ export function buildProgram(): Command {
     .requiredOption("--dir <dir>", "identity directory to write (key.pem, cert.pem, ca.pem)")
     .option("--force", "replace an identity already in --dir")
     .action(async (token, o) => {
+      const { enroll } = await import("../identity/enroll.ts");
       const r = await enroll(token, o.dir, { force: o.force });
       console.log(`enrolled as ${r.identity}`);
       console.log(`  certificate ${r.serial}, valid until ${r.notAfter}`);
@@ -184,12 +185,14 @@ export function buildProgram(): Command {
     .option("--exec <cmd>", "run this command after each renewal (e.g. to reload a server)")
     .action(async (o) => {
       if (!o.daemon) {
+        const { renewIdentity } = await import("../identity/renew.ts");
         const r = await renewIdentity(o.dir);
         console.log(`renewed ${r.identity}: ${r.previousSerial} -> ${r.serial}, valid until ${new Date(r.notAfter).toISOString()}`);
         if (o.exec) await runAfterRenewal(o.exec, o.dir);
         return;
       }
       const log = createLogger({ name: "mcpmesh-renew" });
+      const { RenewalScheduler } = await import("../identity/rotation.ts");
       const s = new RenewalScheduler({ dir: o.dir, logger: log });
       await new Promise<void>((resolve, reject) => {
         s.on("renewed", () => {

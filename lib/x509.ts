@@ -31,11 +31,7 @@ export function fingerprint(certPemOrDer: string | Uint8Array): string {
   return createHash("sha256").update(der).digest("hex");
 }
 
-/** Serial numbers are compared as lower-case hex without leading zeros. */
-export function normalizeSerial(hex: string): string {
-  const s = hex.toLowerCase().replace(/[^0-9a-f]/g, "").replace(/^0+/, "");
-  return s.length === 0 ? "0" : s;
-}
+export { normalizeSerial } from "./serial.ts";
 
 export function nodeCert(pem: string | Buffer): NodeX509 {
   return new NodeX509(pem);
