@@ -15,7 +15,8 @@ import { startMcpServer } from "../test/helpers/mcp-server.ts";
 import { startSseMcpServer } from "../test/helpers/sse-server.ts";
 import { stdioServerCommand } from "../test/helpers/stdio-server.ts";
 import { startAgentProcess } from "../test/helpers/agent-process.ts";
-import { MeshWebSocketTransport, OneMessagePerTask } from "../test/helpers/ws-client.ts";
+import { OneMessagePerTask } from "../test/helpers/one-message-per-task.ts";
+import { MeshWebSocketTransport } from "../identity/ws-transport.ts";
 import { createMeshFetch } from "../identity/fetch.ts";
 
 const N = Number(process.env.N ?? 200);

@@ -21,7 +21,8 @@ import { readStdioRecord, stdioServerCommand } from "../helpers/stdio-server.ts"
 import { startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
 import { Cleanups } from "../helpers/cli.ts";
 import { rawSession, rejection, rpc, call } from "../helpers/e2e.ts";
-import { MeshWebSocketTransport, OneMessagePerTask } from "../helpers/ws-client.ts";
+import { OneMessagePerTask } from "../helpers/one-message-per-task.ts";
+import { MeshWebSocketTransport } from "../../identity/ws-transport.ts";
 import { rawSse, rawWs } from "../helpers/raw-transports.ts";
 import { createMeshFetch } from "../../identity/fetch.ts";
 
