@@ -1,3 +1,4 @@
+import { EventEmitter } from "node:events";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { errorResponse, INVALID_REQUEST, RATE_LIMITED, PARSE_ERROR, SESSION_NOT_FOUND, SERVER_ERROR, type JsonRpcMessage, type JsonRpcResponse } from "../jsonrpc.ts";
 import { INSPECTED_RESPONSES, type ClientMessageContext, type Gatekeeper } from "../gatekeeper.ts";
@@ -116,6 +117,24 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, ext
 function header(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * The cancel signal of one forwarded POST: it fires when the client's response closes unfinished. undici takes an
+ * EventEmitter as `signal`; an AbortController, with its EventTarget listener added and removed by undici, costs
+ * about 10 µs per request on Node 20, this well under one.
+ */
+class ClientGone extends EventEmitter {
+  aborted = false;
+
+  constructor(res: ServerResponse) {
+    super();
+    res.once("close", () => {
+      if (res.writableFinished || this.aborted) return;
+      this.aborted = true;
+      this.emit("abort");
+    });
+  }
 }
 
 /** A request's context for the gatekeeper; a class so that no closure is built per request. */
@@ -300,15 +319,11 @@ export class StreamableHttpEdge {
     }
 
     // A client that goes away before the upstream answers takes its upstream request with it.
-    const ac = new AbortController();
-    const abort = () => {
-      if (!res.writableFinished) ac.abort();
-    };
-    res.once("close", abort);
+    const cancel = new ClientGone(res);
     try {
       let up: UpstreamResponse;
       try {
-        up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body, ac.signal);
+        up = await this.#o.upstream.send("POST", this.#upstreamHeaders(req, session.upstreamId ? session : null, caller), body, cancel);
       } catch (e) {
         // The error reply answers the request by its id (a batch or a notification gets null).
         const rid = Array.isArray(parsed) ? undefined : (parsed as { id?: unknown }).id;
