@@ -50,28 +50,30 @@ class CoalescedWrites {
 
   constructor(res: ServerResponse, holdMs: number) {
     this.#res = res;
+    // Timers get `this` as an argument rather than a closure: three fewer allocations per response.
     if (holdMs === 0) res.flushHeaders();
-    else this.#hold = setTimeout(this.#flushHeaders, holdMs);
+    else this.#hold = setTimeout(flushHeldHeaders, holdMs, this);
   }
 
-  #flushHeaders = (): void => {
+  /** The hold expired before any event: the headers go out alone. */
+  flushHeaders(): void {
     this.#hold = undefined;
     // (headersSent is already true after writeHead: it means "stored", not "written".)
     if (!this.#res.destroyed && !this.#res.writableEnded) this.#res.flushHeaders();
-  };
+  }
 
-  write = (chunk: string): void => {
+  write(chunk: string): void {
     this.#pending += chunk;
-    this.#immediate ??= setImmediate(this.#flush);
-  };
+    this.#immediate ??= setImmediate(flushCoalesced, this);
+  }
 
-  #flush = (): void => {
+  flush(): void {
     this.#immediate = undefined;
     if (this.#hold) this.#hold = void clearTimeout(this.#hold);
     const data = this.#pending;
     this.#pending = "";
     if (data && !this.#res.destroyed) this.#res.write(data);
-  };
+  }
 
   /** Ends the response with whatever is still pending, in the same write as the chunked terminator. */
   end(): void {
@@ -83,6 +85,8 @@ class CoalescedWrites {
     else this.#res.end();
   }
 }
+const flushHeldHeaders = (w: CoalescedWrites): void => w.flushHeaders();
+const flushCoalesced = (w: CoalescedWrites): void => w.flush();
 
 /** One strict decoder for every body (it keeps no state between calls without `stream`). */
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
@@ -391,7 +395,7 @@ export class StreamableHttpEdge {
         up.body.destroy();
       });
       try {
-        await relaySse(up.body, out.write, (ev) => this.#filterEvent(session, caller, ev.data));
+        await relaySse(up.body, (chunk) => out.write(chunk), (ev) => this.#filterEvent(session, caller, ev.data));
       } finally {
         session.closers.delete(close);
         out.end();
