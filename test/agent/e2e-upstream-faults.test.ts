@@ -1,8 +1,9 @@
 /**
  * End to end: faults around the agent. An upstream that is down, one that resets every connection, one that never
- * answers (timeout), a slow tool whose call the client cancels (notifications/cancelled reaches the server), SIGTERM
- * while a call is in flight (drained, then a clean exit), and a churn of 1 500 connections with no file-descriptor or
- * memory growth in the agent process.
+ * answers (timeout), a client that goes away before the upstream answers (its upstream request is aborted), a slow
+ * tool whose call the client cancels (notifications/cancelled reaches the server), SIGTERM while a call is in flight
+ * (drained, then a clean exit), and a churn of 1 500 connections with no file-descriptor or memory growth in the
+ * agent process.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -157,6 +158,42 @@ test("upstream that never answers: 504 after upstream.timeout, and the agent kee
   assert.equal(r.status, 504);
   assert.equal(r.messages[0].error.code, -32000);
   assert.match(r.messages[0].error.message, /timed out/);
+  assert.equal(a.child.exitCode, null);
+});
+
+test("a client that goes away before the upstream answers: the agent aborts its upstream request", { timeout: 45_000 }, async () => {
+  // The upstream never answers; it only notes each request and when its connection from the agent closes. With an
+  // upstream timeout of 120 s, only the client's disconnect can close it within the test's timeout.
+  const seen: Array<{ method: string; closed: Promise<void> }> = [];
+  const hang: Server = createHttpServer((req) => {
+    const closed = new Promise<void>((resolve) => req.socket.once("close", () => resolve()));
+    let body = "";
+    req.on("data", (c: Buffer) => (body += c.toString()));
+    req.on("end", () => seen.push({ method: (JSON.parse(body) as { method: string }).method, closed }));
+  });
+  await new Promise<void>((resolve) => hang.listen(0, "127.0.0.1", () => resolve()));
+  cleanups.add(
+    () =>
+      new Promise<void>((resolve) => {
+        hang.close(() => resolve());
+        hang.closeAllConnections();
+      }),
+  );
+  const a = await agentFor(`http://127.0.0.1:${(hang.address() as { port: number }).port}/mcp`, { upstream: { url: `http://127.0.0.1:${(hang.address() as { port: number }).port}/mcp`, timeout: "120s" } });
+  const f = createMeshFetch(alice);
+  cleanups.add(() => f.close());
+  const ac = new AbortController();
+  const pending = f(a.url, {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+    body: JSON.stringify(rpc("initialize", { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "faults", version: "1" } })),
+    signal: ac.signal,
+  });
+  while (seen.length === 0) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(seen[0].method, "initialize");
+  ac.abort();
+  await assert.rejects(pending);
+  await seen[0].closed; // the agent dropped its upstream request: without the abort this waits for the 120 s timeout
   assert.equal(a.child.exitCode, null);
 });
 
