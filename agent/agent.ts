@@ -78,6 +78,19 @@ const CRL_MAX_SKEW_MS = 5 * 60_000;
 /** TLS handshakes that take longer are dropped (slowloris on the handshake). */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
+/**
+ * `limits.idleTimeout` on a listener. Node closes a connection that sent no byte after its handshake, or whose request
+ * headers did not finish, at `headersTimeout` (checked every `connectionsCheckingInterval`), and one idle between
+ * requests at `keepAliveTimeout`; neither runs while a response is being written, so an SSE stream is not cut.
+ * `requestTimeout` (whole request received, body included) stays ≥ `headersTimeout`, as Node requires.
+ */
+function applyIdleTimeout(server: Server, ms: number): void {
+  server.headersTimeout = ms;
+  server.keepAliveTimeout = ms;
+  server.requestTimeout = Math.max(REQUEST_TIMEOUT_MS, ms);
+}
+const REQUEST_TIMEOUT_MS = 60_000;
+
 function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
   if (cfg.trustDomains && cfg.trustDomains.length > 0) return cfg.trustDomains;
   const own = parseSpiffeId(identity.id);
@@ -429,9 +442,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     };
     const server = createServer({ ...tlsOptions, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, connectionsCheckingInterval: 1_000 } as ServerOptions, onRequest);
     server.on("upgrade", onUpgrade);
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 60_000;
-    server.keepAliveTimeout = 10_000;
+    applyIdleTimeout(server, limits().idleTimeoutMs);
     // Total connections, counted from the TCP accept (before the handshake), across every listener.
     server.on("connection", (socket: Socket) => {
       if (openConnections >= limits().maxConnections) {
@@ -522,7 +533,10 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;
     tlsOptions = nextTls;
-    for (const server of servers) server.setSecureContext(tlsOptions);
+    for (const server of servers) {
+      server.setSecureContext(tlsOptions);
+      applyIdleTimeout(server, next.cfg.limits.idleTimeoutMs);
+    }
     for (const g of gates) g.update({ trustDomains: next.trustDomains });
     for (const ep of endpoints.values()) {
       ep.gate.update({ policy: next.policies.get(ep.id)!, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg, ep.id) });
