@@ -371,6 +371,33 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   let draining = false;
   const drained = new Set<() => void>();
   const limits = () => state.cfg.limits;
+  const countClosed = () => openConnections--;
+  const debug = log.isLevelEnabled?.("debug") ?? true;
+  /**
+   * No connection outlives its certificate: closed at notAfter. One timer per distinct notAfter (all connections of
+   * one certificate share it), not one per connection: a Timeout and its timer list per idle connection add up.
+   */
+  const expiries = new Map<number, { timer: NodeJS.Timeout; sockets: Set<TLSSocket> }>();
+  const expiryFor = (notAfter: number) => {
+    let e = expiries.get(notAfter);
+    if (e) return e;
+    const sockets = new Set<TLSSocket>();
+    const timer = setTimeout(() => {
+      expiries.delete(notAfter);
+      const left = new Set<string>();
+      for (const socket of [...sockets]) {
+        const peer = peers.get(socket)!;
+        log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
+        socket.destroy();
+        left.add(peer.id);
+      }
+      // Sessions of an identity left without any live connection end with it (its streams are gone already).
+      for (const id of left) if (!byIdentity.get(id)?.size) for (const t of allSessions()) t.closeIdentity(id);
+    }, Math.max(0, Math.min(notAfter - Date.now(), 2 ** 31 - 1)));
+    timer.unref();
+    expiries.set(notAfter, (e = { timer, sockets }));
+    return e;
+  };
 
   for (const group of groups.values()) {
     const ids = group.map((e) => e.id);
@@ -451,7 +478,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         return;
       }
       openConnections++;
-      socket.once("close", () => openConnections--);
+      socket.once("close", countClosed);
     });
     // Decide the peer before the HTTP parser sees a byte: this listener runs first on every connection.
     server.prependListener("secureConnection", (socket: TLSSocket) => {
@@ -467,23 +494,22 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         return;
       }
       peers.set(socket, peer);
-      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-      log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
+      // The remote address is kept for the debug lines only (a string per connection otherwise held for its life).
+      const remote = debug ? `${socket.remoteAddress}:${socket.remotePort}` : undefined;
+      if (debug) log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
       if (!set) byIdentity.set(peer.id, (set = new Set()));
       set.add(socket);
       connections++;
-      // No connection outlives its certificate: close it at notAfter.
-      const expiry = setTimeout(() => {
-        log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(peer.notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
-        socket.destroy();
-        // Sessions of an identity left without any live connection end with it (its streams are gone already).
-        if (!byIdentity.get(peer.id)?.size) for (const t of allSessions()) t.closeIdentity(peer.id);
-      }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
-      expiry.unref();
+      const expiry = expiryFor(peer.notAfter);
+      expiry.sockets.add(socket);
       socket.on("close", () => {
         connections--;
-        log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
-        clearTimeout(expiry);
+        if (debug) log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
+        expiry.sockets.delete(socket);
+        if (expiry.sockets.size === 0 && expiries.get(peer.notAfter) === expiry) {
+          clearTimeout(expiry.timer);
+          expiries.delete(peer.notAfter);
+        }
         set!.delete(socket);
         if (set!.size === 0) byIdentity.delete(peer.id);
       });

@@ -114,6 +114,12 @@ export class TlsGate {
    */
   #accepted = new Map<string, { der: Buffer; svid: SvidAccepted }>();
 
+  /**
+   * One frozen identity per accepted certificate check, shared by every connection of that certificate: the agent
+   * keeps it per socket for the connection's life. Decided afresh (revocation, admits) on every connection all the same.
+   */
+  #peers = new WeakMap<SvidAccepted, Readonly<PeerIdentity>>();
+
   constructor(opts: TlsGateOptions) {
     this.#o = opts;
   }
@@ -154,6 +160,8 @@ export class TlsGate {
     if (revocation && "refuse" in revocation) return refuse(revocation.refuse, revocation.detail, svid.id);
     if (revocation && revocation.isRevoked(svid.serial, svid.issuer)) return refuse("revoked", `certificate ${svid.serial} is revoked`, svid.id);
     if (!this.#o.admits(svid.id)) return refuse("not_admitted", "no allow rule admits this identity", svid.id);
-    return { id: svid.id, serial: svid.serial, issuer: svid.issuer, notBefore: svid.notBefore, notAfter: svid.notAfter };
+    let peer = this.#peers.get(svid);
+    if (!peer) this.#peers.set(svid, (peer = Object.freeze({ id: svid.id, serial: svid.serial, issuer: svid.issuer, notBefore: svid.notBefore, notAfter: svid.notAfter })));
+    return peer;
   }
 }

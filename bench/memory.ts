@@ -29,6 +29,8 @@ import { connect, createServer as createTlsServer, type TLSSocket } from "node:t
 import { createServer as createHttpsServer } from "node:https";
 import { join, resolve } from "node:path";
 import { stringify } from "yaml";
+import { serverTlsOptions } from "../agent/tls-gate.ts";
+import type { Identity } from "../identity/store.ts";
 import { Cleanup, REPO, fmt, intSetting, startBenchMesh, startNode } from "./lib.ts";
 
 /** On SIGUSR2: a full GC, then process.memoryUsage() into $MCPMESH_BENCH_MEMORY_FILE. */
@@ -135,7 +137,10 @@ interface BareJob {
 }
 
 function bare(job: BareJob): void {
-  const opts = { cert: job.cert, key: job.key, ca: job.ca, requestCert: true, rejectUnauthorized: true, minVersion: "TLSv1.3" as const, ALPNProtocols: ["http/1.1"] };
+  // The agent's own TLS options (no session tickets, its ciphers and curves), its certificate and roots; Node rejects
+  // a client without a valid certificate itself here (the agent's gate does more, in JavaScript, on top).
+  const agentTls = serverTlsOptions({ certPem: job.cert, keyPem: job.key } as Identity, [job.ca], "TLSv1.3");
+  const opts = { ...agentTls, rejectUnauthorized: true, ALPNProtocols: ["http/1.1"] };
   const server =
     job.kind === "tls"
       ? createTlsServer(opts, (socket) => socket.on("error", () => {}))
@@ -284,7 +289,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
       rows.push([`RSS per idle mTLS connection, ${SERVER_LABEL[k]} (${col(k, (s) => s.live, 0)} held)`, `${col(k, (s) => s.perConnKb)} KB`, `${col(k, (s) => s.heapKb)} KB`, `${col(k, (s) => s.externalKb)} KB`, k === "agent" ? "≤ 30 KB" : ""]);
     }
     const md = [
-      `${reps} start(s) of each server; ${n} connections from separate processes, each a full TLS 1.3 handshake with a client certificate and then idle. (RSS after − RSS before) / connections held, both after a full GC; the V8 heap and external (OpenSSL and Buffer memory Node accounts for) columns are process.memoryUsage() deltas per connection, parts of the RSS figure; min–max over the starts. The bare Node servers use the same certificates and verify the client certificate the same way.`,
+      `${reps} start(s) of each server; ${n} connections from separate processes, each a full TLS 1.3 handshake with a client certificate and then idle. (RSS after − RSS before) / connections held, both after a full GC; the V8 heap and external (OpenSSL and Buffer memory Node accounts for) columns are process.memoryUsage() deltas per connection, parts of the RSS figure; min–max over the starts. The bare Node servers use the same certificates and the agent's TLS options (no session tickets) and require a valid client certificate.`,
       "",
       "| measure | RSS | V8 heap | external | target |",
       "| --- | ---: | ---: | ---: | ---: |",
