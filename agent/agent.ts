@@ -82,7 +82,9 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
  * `limits.idleTimeout` on a listener. Node closes a connection that sent no byte after its handshake, or whose request
  * headers did not finish, at `headersTimeout` (checked every `connectionsCheckingInterval`), and one idle between
  * requests at `keepAliveTimeout`; neither runs while a response is being written, so an SSE stream is not cut.
- * `requestTimeout` (whole request received, body included) stays ≥ `headersTimeout`, as Node requires.
+ * `requestTimeout` (whole request received, body included) also runs from the connection's start when no byte came
+ * (measured on Node 20: a silent connection is closed at requestTimeout if that is the shorter), so it is at least the
+ * idle timeout: raising idleTimeout above 60 s raises the slow-body bound with it.
  */
 function applyIdleTimeout(server: Server, ms: number): void {
   server.headersTimeout = ms;
