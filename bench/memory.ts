@@ -18,9 +18,10 @@
  * File descriptors: each server and holder gets its soft RLIMIT_NOFILE raised (`prlimit --pid`, util-linux; Node
  * cannot setrlimit) to what N needs, within the hard limit (`ulimit -Hn`).
  *
- *   node --import tsx bench/memory.ts [--quick] [--memory-connections 10000] [--memory-reps 2]
+ *   node --import tsx bench/memory.ts [--quick] [--memory-connections 10000] [--memory-reps 1]
  *     [--memory-servers agent,tls,https]
- *   (or BENCH_MEMORY_CONNECTIONS / BENCH_MEMORY_REPS / BENCH_MEMORY_SERVERS); --quick: 500 connections, 1 rep
+ *   (or BENCH_MEMORY_CONNECTIONS / BENCH_MEMORY_REPS / BENCH_MEMORY_SERVERS); --quick: 500 connections. One start of
+ *   each server by default: 10,000 handshakes take 1.5–4 min per server on the 2-core reference machine.
  *   BENCH_MEMORY_NODE_FLAGS="--max-semi-space-size=1" ... to try V8 heap flags on the agent
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
@@ -208,7 +209,7 @@ interface Sample {
 export async function run(opts: { quick?: boolean } = {}): Promise<{ title: string; markdown: string; notes?: string[] }> {
   const quick = opts.quick ?? false;
   const n = Math.max(1, intSetting("memory-connections", "BENCH_MEMORY_CONNECTIONS", quick ? 500 : 10_000));
-  const reps = Math.max(1, intSetting("memory-reps", "BENCH_MEMORY_REPS", quick ? 1 : 2));
+  const reps = Math.max(1, intSetting("memory-reps", "BENCH_MEMORY_REPS", 1));
   const serversArg = process.argv.find((a, i) => process.argv[i - 1] === "--memory-servers") ?? process.argv.find((a) => a.startsWith("--memory-servers="))?.split("=")[1] ?? process.env.BENCH_MEMORY_SERVERS ?? "agent,https,tls";
   const kinds = serversArg.split(",").map((k) => k.trim()).filter(Boolean) as ServerKind[];
   for (const k of kinds) if (!(k in SERVER_LABEL)) throw new Error(`--memory-servers: unknown server "${k}" (agent, https, tls)`);
