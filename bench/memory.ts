@@ -300,6 +300,10 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
       `Connection holder reports: ${Object.values(samples).flat().map((s) => s.line).join("; ")}.`,
       "The agent runs with `limits.idleTimeout: 1h` here (default 10s), so no held connection is closed while the rest open.",
     ];
+    const mean = (k: string) => samples[k].reduce((a, x) => a + x.perConnKb, 0) / samples[k].length;
+    if (samples.agent && samples.tls) {
+      notes.push(`An idle mTLS connection costs ${fmt(mean("tls"))} KB in a bare Node TLS server with the agent's TLS options (its TLS socket and OpenSSL's per-connection state, the peer's certificate chain included)${samples.https ? `, ${fmt(mean("https"))} KB with Node's HTTP server on top` : ""}; the agent's own share is the rest of its ${fmt(mean("agent"))} KB. A target below the bare TLS row is out of reach for a Node.js agent.`);
+    }
     return { title: "Agent memory", markdown: md, notes };
   } finally {
     await cleanup.run();
