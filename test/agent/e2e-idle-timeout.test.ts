@@ -3,14 +3,15 @@
  * connection that never sends a byte after its handshake, one idle after a keep-alive request, and one whose request
  * headers never finish; a legacy SSE stream (silent for far longer than the timeout: its keep-alive comment comes every
  * 15 s) is not cut and still carries answers. With a long timeout (5m) the same kinds of connections outlive the old
- * fixed 10 s and still serve requests.
+ * fixed 10 s and still serve requests; a reload to 1s applies to the listener at once.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { connect, type TLSSocket } from "node:tls";
 import { setTimeout as sleep } from "node:timers/promises";
+import { parse, stringify } from "yaml";
 import { createMesh, type TestMesh } from "../helpers/mesh.ts";
 import { startMcpServer, type TestMcpServer } from "../helpers/mcp-server.ts";
 import { startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
@@ -178,4 +179,15 @@ test("5m: idle connections outlive the old fixed 10 s and still serve requests",
   await keptAlive.until(/404[\s\S]*HTTP\/1\.1 404 /);
   silent.socket.write(get404(long.url));
   await silent.until(RESPONSE_404);
+});
+
+test("reload: the 5m agent reloaded with 1s closes a silent connection", async () => {
+  const cfg = parse(readFileSync(long.configFile, "utf8"));
+  cfg.limits.idleTimeout = "1s";
+  writeFileSync(long.configFile, stringify(cfg));
+  long.reload();
+  await long.waitForLog((l) => l.event === "reloaded" || l.event === "reload_failed");
+  assert.equal(long.logs().filter((l) => l.event === "reload_failed").length, 0);
+  const c = await hold(long.url);
+  await within(c.closed, 8_000, "silent connection closed after the reload");
 });
