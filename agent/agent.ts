@@ -78,6 +78,21 @@ const CRL_MAX_SKEW_MS = 5 * 60_000;
 /** TLS handshakes that take longer are dropped (slowloris on the handshake). */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
+/**
+ * `limits.idleTimeout` on a listener. Node closes a connection that sent no byte after its handshake, or whose request
+ * headers did not finish, at `headersTimeout` (checked every `connectionsCheckingInterval`), and one idle between
+ * requests at `keepAliveTimeout`; neither runs while a response is being written, so an SSE stream is not cut.
+ * `requestTimeout` (whole request received, body included) also runs from the connection's start when no byte came
+ * (measured on Node 20: a silent connection is closed at requestTimeout if that is the shorter), so it is at least the
+ * idle timeout: raising idleTimeout above 60 s raises the slow-body bound with it.
+ */
+function applyIdleTimeout(server: Server, ms: number): void {
+  server.headersTimeout = ms;
+  server.keepAliveTimeout = ms;
+  server.requestTimeout = Math.max(REQUEST_TIMEOUT_MS, ms);
+}
+const REQUEST_TIMEOUT_MS = 60_000;
+
 function trustDomainsOf(cfg: AgentConfig, identity: Identity): string[] {
   if (cfg.trustDomains && cfg.trustDomains.length > 0) return cfg.trustDomains;
   const own = parseSpiffeId(identity.id);
@@ -358,6 +373,33 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   let draining = false;
   const drained = new Set<() => void>();
   const limits = () => state.cfg.limits;
+  const countClosed = () => openConnections--;
+  const debug = log.isLevelEnabled?.("debug") ?? true;
+  /**
+   * No connection outlives its certificate: closed at notAfter. One timer per distinct notAfter (all connections of
+   * one certificate share it), not one per connection: a Timeout and its timer list per idle connection add up.
+   */
+  const expiries = new Map<number, { timer: NodeJS.Timeout; sockets: Set<TLSSocket> }>();
+  const expiryFor = (notAfter: number) => {
+    let e = expiries.get(notAfter);
+    if (e) return e;
+    const sockets = new Set<TLSSocket>();
+    const timer = setTimeout(() => {
+      expiries.delete(notAfter);
+      const left = new Set<string>();
+      for (const socket of [...sockets]) {
+        const peer = peers.get(socket)!;
+        log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
+        socket.destroy();
+        left.add(peer.id);
+      }
+      // Sessions of an identity left without any live connection end with it (its streams are gone already).
+      for (const id of left) if (!byIdentity.get(id)?.size) for (const t of allSessions()) t.closeIdentity(id);
+    }, Math.max(0, Math.min(notAfter - Date.now(), 2 ** 31 - 1)));
+    timer.unref();
+    expiries.set(notAfter, (e = { timer, sockets }));
+    return e;
+  };
 
   for (const group of groups.values()) {
     const ids = group.map((e) => e.id);
@@ -429,9 +471,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     };
     const server = createServer({ ...tlsOptions, handshakeTimeout: HANDSHAKE_TIMEOUT_MS, connectionsCheckingInterval: 1_000 } as ServerOptions, onRequest);
     server.on("upgrade", onUpgrade);
-    server.headersTimeout = 10_000;
-    server.requestTimeout = 60_000;
-    server.keepAliveTimeout = 10_000;
+    applyIdleTimeout(server, limits().idleTimeoutMs);
     // Total connections, counted from the TCP accept (before the handshake), across every listener.
     server.on("connection", (socket: Socket) => {
       if (openConnections >= limits().maxConnections) {
@@ -440,7 +480,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         return;
       }
       openConnections++;
-      socket.once("close", () => openConnections--);
+      socket.once("close", countClosed);
     });
     // Decide the peer before the HTTP parser sees a byte: this listener runs first on every connection.
     server.prependListener("secureConnection", (socket: TLSSocket) => {
@@ -456,23 +496,22 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
         return;
       }
       peers.set(socket, peer);
-      const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-      log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
+      // The remote address is kept for the debug lines only (a string per connection otherwise held for its life).
+      const remote = debug ? `${socket.remoteAddress}:${socket.remotePort}` : undefined;
+      if (debug) log.debug({ event: "connection_accepted", identity: peer.id, serial: peer.serial, remote }, "client connection accepted");
       if (!set) byIdentity.set(peer.id, (set = new Set()));
       set.add(socket);
       connections++;
-      // No connection outlives its certificate: close it at notAfter.
-      const expiry = setTimeout(() => {
-        log.info({ event: "connection_expired", identity: peer.id, serial: peer.serial, notAfter: new Date(peer.notAfter).toISOString() }, "client certificate reached notAfter; connection closed");
-        socket.destroy();
-        // Sessions of an identity left without any live connection end with it (its streams are gone already).
-        if (!byIdentity.get(peer.id)?.size) for (const t of allSessions()) t.closeIdentity(peer.id);
-      }, Math.max(0, Math.min(peer.notAfter - Date.now(), 2 ** 31 - 1)));
-      expiry.unref();
+      const expiry = expiryFor(peer.notAfter);
+      expiry.sockets.add(socket);
       socket.on("close", () => {
         connections--;
-        log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
-        clearTimeout(expiry);
+        if (debug) log.debug({ event: "connection_closed", identity: peer.id, serial: peer.serial, remote }, "client connection closed");
+        expiry.sockets.delete(socket);
+        if (expiry.sockets.size === 0 && expiries.get(peer.notAfter) === expiry) {
+          clearTimeout(expiry.timer);
+          expiries.delete(peer.notAfter);
+        }
         set!.delete(socket);
         if (set!.size === 0) byIdentity.delete(peer.id);
       });
@@ -522,7 +561,10 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;
     tlsOptions = nextTls;
-    for (const server of servers) server.setSecureContext(tlsOptions);
+    for (const server of servers) {
+      server.setSecureContext(tlsOptions);
+      applyIdleTimeout(server, next.cfg.limits.idleTimeoutMs);
+    }
     for (const g of gates) g.update({ trustDomains: next.trustDomains });
     for (const ep of endpoints.values()) {
       ep.gate.update({ policy: next.policies.get(ep.id)!, tools: next.cfg.tools, limits: next.cfg.limits, ruleRates: ruleRates(next.cfg, ep.id) });

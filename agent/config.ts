@@ -160,6 +160,12 @@ export interface LimitsConfig {
   maxConnections: number;
   /** Authenticated connections per client identity. Default 64. */
   maxConnectionsPerIdentity: number;
+  /**
+   * How long a downstream connection may sit without a complete request: one that never sends a byte after its TLS
+   * handshake, one idle between keep-alive requests, one whose request headers do not finish. Never cuts a response in
+   * progress (an SSE stream). Config `idleTimeout: 10s` (default), 1s to 1h.
+   */
+  idleTimeoutMs: number;
   /** MCP sessions per client identity (per endpoint). Default 32. */
   maxSessionsPerIdentity: number;
   /** Largest serialized `tools/call` arguments object. Default 256 KiB. */
@@ -325,11 +331,19 @@ export class ConfigError extends MeshError {
   }
 }
 
+/**
+ * Bounds of `limits.idleTimeout`. Below 1 s the server's once-a-second connection sweep cannot keep it; there is no
+ * `off`: a connection that is never closed is a slot an idle (or stalled) client keeps forever.
+ */
+export const MIN_IDLE_TIMEOUT_MS = 1000;
+export const MAX_IDLE_TIMEOUT_MS = 3_600_000;
+
 export const DEFAULT_LIMITS: Readonly<LimitsConfig> = Object.freeze({
   maxBodyBytes: 1_048_576,
   maxMessageDepth: 64,
   maxConnections: 1024,
   maxConnectionsPerIdentity: 64,
+  idleTimeoutMs: 10_000,
   maxSessionsPerIdentity: 32,
   maxArgumentBytes: 262_144,
   maxDepth: 32,
@@ -503,6 +517,7 @@ export const CONFIG_SCHEMA = {
         maxMessageDepth: { type: "integer", minimum: 4, maximum: 1024 },
         maxConnections: { type: "integer", minimum: 1 },
         maxConnectionsPerIdentity: { type: "integer", minimum: 1 },
+        idleTimeout: { type: "string", minLength: 1 },
         maxSessionsPerIdentity: { type: "integer", minimum: 1 },
         maxArgumentBytes: { type: "integer", minimum: 1 },
         maxDepth: { type: "integer", minimum: 1, maximum: 1024 },
@@ -1131,6 +1146,12 @@ function semanticChecks(raw: Record<string, unknown>, baseDir: string, add: Add)
       const f = duration(cd.for, "limits.coolDown.for", add);
       if (f !== undefined) c.forMs = f;
       limits.coolDown = c;
+    }
+    const idle = raw.limits.idleTimeout === "off" ? void add("limits.idleTimeout", `cannot be off (an idle connection would hold its slot forever): use a duration up to ${formatDuration(MAX_IDLE_TIMEOUT_MS)}`) : duration(raw.limits.idleTimeout, "limits.idleTimeout", add);
+    if (idle !== undefined) {
+      if (idle < MIN_IDLE_TIMEOUT_MS || idle > MAX_IDLE_TIMEOUT_MS) {
+        add("limits.idleTimeout", `${formatDuration(idle)} is out of range: use a duration from ${formatDuration(MIN_IDLE_TIMEOUT_MS)} to ${formatDuration(MAX_IDLE_TIMEOUT_MS)} (default ${formatDuration(DEFAULT_LIMITS.idleTimeoutMs)})`);
+      } else limits.idleTimeoutMs = idle;
     }
     if (limits.maxArgumentBytes > limits.maxBodyBytes) {
       add("limits.maxArgumentBytes", `(${limits.maxArgumentBytes}) is larger than limits.maxBodyBytes (${limits.maxBodyBytes}), so it could never apply`);

@@ -197,6 +197,16 @@ const BAD: { name: string; mutate: (c: Record<string, any>) => unknown; path: st
   { name: "bad class rate", mutate: (c) => (c.limits = { rate: { perClass: { write: "0/m" } } }), path: "limits.rate.perClass.write", message: /at least 1/ },
   { name: "unknown class", mutate: (c) => (c.limits = { rate: { perClass: { exec: "1/m" } } }), path: "limits.rate.perClass.exec", message: /not allowed|unknown/ },
   { name: "negative concurrency", mutate: (c) => (c.limits = { concurrency: -1 }), path: "limits.concurrency", message: /.+/ },
+  // limits.idleTimeout: a duration from 1s to 1h; never off.
+  { name: "idle timeout off", mutate: (c) => (c.limits = { idleTimeout: "off" }), path: "limits.idleTimeout", message: /cannot be off.*up to 1h/ },
+  { name: "idle timeout not a duration", mutate: (c) => (c.limits = { idleTimeout: "soon" }), path: "limits.idleTimeout", message: /not a duration/ },
+  { name: "idle timeout unitless", mutate: (c) => (c.limits = { idleTimeout: "30" }), path: "limits.idleTimeout", message: /not a duration/ },
+  { name: "idle timeout a number", mutate: (c) => (c.limits = { idleTimeout: 30 }), path: "limits.idleTimeout", message: /string/ },
+  { name: "idle timeout zero", mutate: (c) => (c.limits = { idleTimeout: "0s" }), path: "limits.idleTimeout", message: /not a duration/ },
+  { name: "idle timeout negative", mutate: (c) => (c.limits = { idleTimeout: "-5s" }), path: "limits.idleTimeout", message: /not a duration/ },
+  { name: "idle timeout too short", mutate: (c) => (c.limits = { idleTimeout: "500ms" }), path: "limits.idleTimeout", message: /500ms is out of range: use a duration from 1s to 1h/ },
+  { name: "idle timeout too long", mutate: (c) => (c.limits = { idleTimeout: "2h" }), path: "limits.idleTimeout", message: /2h is out of range.*default 10s/ },
+  { name: "idle timeout typo", mutate: (c) => (c.limits = { idleTimout: "1m" }), path: "limits.idleTimout", message: /idleTimeout/ },
   { name: "bad cool-down window", mutate: (c) => (c.limits = { coolDown: { after: 3, within: "soon" } }), path: "limits.coolDown.within", message: /not a duration/ },
   { name: "rule rate on a deny", mutate: (c) => (c.rules[1].rate = "1/m"), path: "rules[1].rate", message: /only applies to allow rules/ },
   { name: "rule rate malformed", mutate: (c) => (c.rules[0].rate = "3 per second"), path: "rules[0].rate", message: /not a rate/ },
@@ -471,6 +481,10 @@ test("limits, admin, alerts and audit rotation parse with their units", () => {
   assert.equal(cfg.alerts.firstUseAfter, 0);
   assert.deepEqual(cfg.audit, { file: join(dir, "a.log"), maxBytes: 4096, keep: 3, chain: true });
   assert.equal(parseAgentConfig({ listen: "127.0.0.1:1", identity: "i", upstream: { url: "http://127.0.0.1:1/mcp" }, rules: [], limits: { coolDown: "off" } }, dir).limits.coolDown, null);
+  assert.equal(cfg.limits.idleTimeoutMs, 10_000, "idleTimeout defaults to 10s");
+  for (const [text, ms] of [["1s", 1000], ["90s", 90_000], ["1h", 3_600_000], ["1m30s", 90_000]] as const) {
+    assert.equal(parseAgentConfig({ listen: "127.0.0.1:1", identity: "i", upstream: { url: "http://127.0.0.1:1/mcp" }, rules: [], limits: { idleTimeout: text } }, dir).limits.idleTimeoutMs, ms, text);
+  }
   assert.deepEqual(parseRate("1/250ms"), { limit: 1, periodMs: 250, text: "1/250ms" });
   assert.match(String(parseRate("5/x")), /not a rate/);
 });
