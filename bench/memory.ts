@@ -29,6 +29,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { connect, createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { createServer as createHttpsServer } from "node:https";
 import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { stringify } from "yaml";
 import { serverTlsOptions } from "../agent/tls-gate.ts";
 import type { Identity } from "../identity/store.ts";
@@ -286,9 +287,21 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
         }
       }
     }
+    // What idle RSS is made of: Node with the modules every TLS/HTTP server loads, and Node with the agent's whole
+    // module graph loaded (its code and libraries; compiled dist/, as bin/mcpmesh.js runs it) but nothing started.
+    const floor = (imports: string[]) => {
+      const script = `${imports.map((m) => `await import(${JSON.stringify(m)});`).join(" ")} for (let i = 0; i < 3; i++) { gc(); await new Promise((r) => setTimeout(r, 300)); } console.log(process.memoryUsage().rss);`;
+      const out = execFileSync(process.execPath, ["--expose-gc", "--input-type=module", "-e", script], { cwd: REPO, encoding: "utf8" });
+      return Number(out.trim()) / 1048576;
+    };
+    const nodeMods = ["node:https", "node:http", "node:tls", "node:net", "node:crypto", "node:stream", "node:zlib", "node:worker_threads"];
+    const floorRows: string[][] = [["Node.js alone, its TLS/HTTP modules loaded (after a full GC)", `${fmt(floor(nodeMods), 1)} MB`, "", "", "", ""]];
+    const agentJs = join(REPO, "dist", "agent", "agent.js");
+    if (existsSync(agentJs)) floorRows.push(["Node.js with the agent's code and libraries loaded, nothing started (after a full GC)", `${fmt(floor([...nodeMods, pathToFileURL(agentJs).href]), 1)} MB`, "", "", "", ""]);
     const col = (k: string, f: (s: Sample) => number, d = 1) => range(samples[k].map(f), d);
     const rows: string[][] = [];
     if (samples.agent) rows.push(["agent RSS at idle (after start-up and a full GC)", `${col("agent", (s) => s.idleMb)} MB`, "", "", "", "≤ 60 MB"]);
+    rows.push(...floorRows);
     for (const k of kinds) {
       if (!samples[k]) continue;
       rows.push([`RSS per idle mTLS connection, ${SERVER_LABEL[k]} (${col(k, (s) => s.live, 0)} held)`, `${col(k, (s) => s.perConnKb)} KB`, `${col(k, (s) => s.heapKb)} KB`, `${col(k, (s) => s.heapTotalKb)} KB`, `${col(k, (s) => s.externalKb)} KB`, k === "agent" ? "≤ 30 KB" : ""]);
@@ -308,6 +321,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
     if (samples.agent && samples.tls) {
       notes.push(`An idle mTLS connection costs ${fmt(mean("tls"))} KB in a bare Node TLS server with the agent's TLS options (its TLS socket and OpenSSL's per-connection state, the peer's certificate chain included)${samples.https ? `, ${fmt(mean("https"))} KB with Node's HTTP server on top` : ""}; the agent's own share is the rest of its ${fmt(mean("agent"))} KB. A target below the bare TLS row is out of reach for a Node.js agent.`);
     }
+    if (floorRows.length > 1) notes.push("Idle RSS is mostly code: the agent's own modules and the libraries it is built on (the X.509 library, ajv, undici, ws, pino, prom-client, yaml) loaded into Node.js, before any listener or connection exists; the agent's running state is the difference between its idle row and the row with its modules loaded.");
     return { title: "Agent memory", markdown: md, notes };
   } finally {
     await cleanup.run();
