@@ -11,11 +11,22 @@ export function formatSseEvent(ev: { event?: string; id?: string; data: string; 
   return out + "\n";
 }
 
+export interface RelayOptions {
+  onRetry?: (ms: number) => void;
+  /**
+   * Backpressure: called after each upstream chunk; a promise means the client is not keeping up, and no further
+   * upstream chunk is read until it settles. The upstream then waits on TCP flow control instead of the agent
+   * buffering a fast stream for a slow reader.
+   */
+  drained?: () => Promise<void> | undefined;
+}
+
 /**
  * Reads an upstream SSE stream event by event and writes each through `map` (which may drop or rewrite it). The
  * stream is re-serialized event by event, so a filtered event can never be smuggled by splitting it across chunks.
  */
-export async function relaySse(src: Readable, write: (chunk: string) => boolean | void, map: (ev: EventSourceMessage) => string | null, onRetry?: (ms: number) => void): Promise<void> {
+export async function relaySse(src: Readable, write: (chunk: string) => boolean | void, map: (ev: EventSourceMessage) => string | null, opts: RelayOptions = {}): Promise<void> {
+  const { onRetry, drained } = opts;
   const parser = createParser({
     onEvent: (ev) => {
       const data = map(ev);
@@ -36,6 +47,10 @@ export async function relaySse(src: Readable, write: (chunk: string) => boolean 
     else if (decoder === undefined && !(first && startsWithBom(chunk as Buffer)) && endsOnCharBoundary(chunk as Buffer)) parser.feed((chunk as Buffer).toString("utf8"));
     else parser.feed((decoder ??= new TextDecoder()).decode(chunk as Uint8Array, { stream: true }));
     first = false;
+    if (drained) {
+      const wait = drained();
+      if (wait) await wait;
+    }
   }
 }
 

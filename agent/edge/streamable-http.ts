@@ -75,6 +75,24 @@ class CoalescedWrites {
     if (data && !this.#res.destroyed) this.#res.write(data);
   }
 
+  /**
+   * A promise while the client is behind (the socket holds more than its high-water mark), settled on "drain" or on
+   * close; undefined when it can take more. Text still pending here is at most what one upstream read delivered.
+   */
+  drained(): Promise<void> | undefined {
+    const res = this.#res;
+    if (!res.writableNeedDrain || res.destroyed) return undefined;
+    return new Promise((resolve) => {
+      const done = () => {
+        res.off("drain", done);
+        res.off("close", done);
+        resolve();
+      };
+      res.on("drain", done);
+      res.on("close", done);
+    });
+  }
+
   /** Ends the response with whatever is still pending, in the same write as the chunked terminator. */
   end(): void {
     if (this.#immediate) this.#immediate = void clearImmediate(this.#immediate);
@@ -395,7 +413,7 @@ export class StreamableHttpEdge {
         up.body.destroy();
       });
       try {
-        await relaySse(up.body, (chunk) => out.write(chunk), (ev) => this.#filterEvent(session, caller, ev.data));
+        await relaySse(up.body, (chunk) => out.write(chunk), (ev) => this.#filterEvent(session, caller, ev.data), { drained: () => out.drained() });
       } finally {
         session.closers.delete(close);
         out.end();

@@ -1,0 +1,162 @@
+/**
+ * End to end: a client that reads an SSE stream slowly must slow the upstream down, not make the agent hold the
+ * stream in memory. The upstream here writes a 128 MB standalone stream as fast as its socket takes it (it waits for
+ * "drain", as a well-behaved server does) and counts what it got rid of. While the client reads nothing, the upstream
+ * must stall far short of the end; once the client reads, every event arrives, whole and in order.
+ */
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { createServer, type ServerResponse } from "node:http";
+import { join } from "node:path";
+import { createMesh, type TestMesh } from "../helpers/mesh.ts";
+import { startAgentProcess, type AgentProcess } from "../helpers/agent-process.ts";
+import { Cleanups } from "../helpers/cli.ts";
+import { rawSession } from "../helpers/e2e.ts";
+import { createMeshFetch } from "../../identity/fetch.ts";
+
+const TD = "spiffe://example.org";
+const EVENTS = 8192;
+const PAYLOAD = "x".repeat(16 * 1024);
+const TOTAL = EVENTS * (PAYLOAD.length + 100);
+
+/** Just enough Streamable HTTP: initialize, the initialized notification, and a GET stream of EVENTS log messages. */
+interface FloodUpstream {
+  url: string;
+  written: number;
+  finished: boolean;
+  close(): Promise<void>;
+}
+
+async function startFloodUpstream(): Promise<FloodUpstream> {
+  const state = { written: 0, finished: false };
+  const streams = new Set<ServerResponse>();
+  const flood = async (res: ServerResponse) => {
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    for (let i = 0; i < EVENTS && !res.destroyed; i++) {
+      const ev = `event: message\ndata: ${JSON.stringify({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: { seq: i, text: PAYLOAD } } })}\n\n`;
+      if (!res.write(ev)) await new Promise<void>((resolve) => {
+        const done = () => {
+          res.off("drain", done);
+          res.off("close", done);
+          resolve();
+        };
+        res.on("drain", done);
+        res.on("close", done);
+      });
+      state.written += ev.length;
+    }
+    if (!res.destroyed) {
+      state.finished = true;
+      res.end();
+    }
+  };
+  const server = createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    if (req.method === "GET") {
+      streams.add(res);
+      res.on("close", () => streams.delete(res));
+      void flood(res);
+      return;
+    }
+    if (req.method === "DELETE") return void res.writeHead(200).end();
+    const msg = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    if (msg.method === "initialize") {
+      res.writeHead(200, { "content-type": "application/json", "mcp-session-id": "flood-session" });
+      res.end(JSON.stringify({ jsonrpc: "2.0", id: msg.id, result: { protocolVersion: msg.params.protocolVersion, capabilities: { logging: {} }, serverInfo: { name: "flood", version: "1" } } }));
+      return;
+    }
+    res.writeHead(202).end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return Object.assign(state, {
+    url: `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`,
+    async close() {
+      for (const r of streams) r.destroy();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  });
+}
+
+const cleanups = new Cleanups();
+let mesh: TestMesh;
+let up: FloodUpstream;
+let agent: AgentProcess;
+let alice: string;
+
+before(async () => {
+  mesh = await createMesh();
+  cleanups.add(() => mesh.close());
+  up = await startFloodUpstream();
+  cleanups.add(() => up.close());
+  const agentDir = await mesh.issue("agents/backpressure", { kind: "agent" });
+  alice = await mesh.issue("team-a/alice");
+  agent = await startAgentProcess(mesh.dir, {
+    listen: "127.0.0.1:0",
+    identity: agentDir,
+    upstream: { url: up.url },
+    rules: [{ clients: [`${TD}/team-a/*`], tools: ["*"] }],
+    pinning: { file: join(mesh.dir, "pins-backpressure.json") },
+  });
+  cleanups.add(() => agent.stop());
+});
+
+after(() => cleanups.run());
+
+/** Resolves once `read()` has not changed for `quietPolls` polls in a row (or `done()` is true). */
+async function settled(read: () => number, done: () => boolean, quietPolls = 10, everyMs = 250): Promise<number> {
+  let last = -1;
+  let quiet = 0;
+  while (!done() && quiet < quietPolls) {
+    await new Promise((r) => setTimeout(r, everyMs));
+    const now = read();
+    quiet = now === last ? quiet + 1 : 0;
+    last = now;
+  }
+  return read();
+}
+
+test("a client that does not read stalls the upstream's stream; reading resumes it and nothing is lost", { timeout: 180_000 }, async () => {
+  const f = createMeshFetch(alice);
+  cleanups.add(() => f.close());
+  const s = await rawSession(f, agent.url, "2025-06-18");
+  const res = await f(agent.url, { method: "GET", headers: { accept: "text/event-stream", "mcp-session-id": s.sid, "mcp-protocol-version": s.version } });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /^text\/event-stream/);
+
+  // The client reads nothing. Whatever the upstream got rid of sits in socket buffers (the kernel's, the agent's,
+  // the client's): about 11-12 MB measured here. The stream is made large enough that even receive buffers grown to
+  // a typical tcp_rmem maximum (32 MB) on both hops could not swallow it.
+  const stalledAt = await settled(() => up.written, () => up.finished);
+  assert.equal(up.finished, false, "the upstream wrote its whole stream while the client read nothing: the agent buffered it");
+  assert.ok(stalledAt < TOTAL / 2, `the upstream wrote ${stalledAt} bytes of ~${TOTAL} before stalling`);
+
+  // Now the client reads: every event arrives once, in order, intact.
+  const reader = res.body!.getReader();
+  const decoder = new TextDecoder();
+  let text = "";
+  let next = 0;
+  while (next < EVENTS) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+    let cut: number;
+    while ((cut = text.indexOf("\n\n")) >= 0) {
+      const block = text.slice(0, cut);
+      text = text.slice(cut + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (!data) continue;
+      const m = JSON.parse(data);
+      assert.equal(m.method, "notifications/message");
+      assert.equal(m.params.data.seq, next, "events arrive in order, none lost or repeated");
+      assert.equal(m.params.data.text, PAYLOAD);
+      next++;
+    }
+  }
+  await reader.cancel().catch(() => {});
+  assert.equal(next, EVENTS);
+  assert.equal(up.finished, true);
+});
