@@ -24,6 +24,8 @@ interface FloodUpstream {
   url: string;
   written: number;
   finished: boolean;
+  /** Streams the upstream is still serving. */
+  open(): number;
   close(): Promise<void>;
 }
 
@@ -71,6 +73,7 @@ async function startFloodUpstream(): Promise<FloodUpstream> {
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
   return Object.assign(state, {
     url: `http://127.0.0.1:${(server.address() as { port: number }).port}/mcp`,
+    open: () => streams.size,
     async close() {
       for (const r of streams) r.destroy();
       await new Promise<void>((resolve) => {
@@ -159,4 +162,22 @@ test("a client that does not read stalls the upstream's stream; reading resumes 
   await reader.cancel().catch(() => {});
   assert.equal(next, EVENTS);
   assert.equal(up.finished, true);
+});
+
+test("a client that goes away while its stream is stalled: the agent closes the upstream stream too", { timeout: 180_000 }, async () => {
+  const f = createMeshFetch(alice);
+  cleanups.add(() => f.close());
+  const s = await rawSession(f, agent.url, "2025-06-18");
+  up.written = 0;
+  up.finished = false;
+  const ac = new AbortController();
+  const res = await f(agent.url, { method: "GET", signal: ac.signal, headers: { accept: "text/event-stream", "mcp-session-id": s.sid, "mcp-protocol-version": s.version } });
+  assert.equal(res.status, 200);
+  await settled(() => up.written, () => up.finished);
+  assert.equal(up.finished, false);
+  assert.equal(up.open(), 1, "the stalled stream is still open upstream");
+  ac.abort();
+  // A relay paused for "drain" must not keep the upstream stream open once its client is gone.
+  while (up.open() > 0) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(up.finished, false);
 });
