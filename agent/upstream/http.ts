@@ -26,8 +26,8 @@ export class UpstreamError extends MeshError {
 }
 
 /**
- * The Streamable HTTP server behind the agent, reached over keep-alive connections (undici's Agent), on loopback or a unix
- * socket. Only the headers MCP needs are sent; the caller's identity travels as X-MCPMesh-Identity.
+ * The Streamable HTTP server behind the agent, reached over keep-alive connections (undici's Agent), on loopback or a
+ * unix socket. Only the headers MCP needs are sent; the caller's identity travels as X-MCPMesh-Identity.
  */
 export class HttpUpstream {
   readonly url: URL;
