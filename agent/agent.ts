@@ -31,7 +31,7 @@ import { RevocationList } from "./revocation.ts";
 import { RevocationFeedClient, type PushedRevocation } from "./feed.ts";
 import { errorResponse, SERVER_ERROR } from "./jsonrpc.ts";
 import { Limiter } from "./limits.ts";
-import { AgentMetrics, certLifetimes, startAdminServer } from "./metrics.ts";
+import type { AgentMetrics, startAdminServer } from "./metrics.ts";
 import { AlertEngine, WebhookSender } from "./alerts.ts";
 import type { RateSpec } from "./config.ts";
 import type { DecisionEvent } from "./gatekeeper.ts";
@@ -199,12 +199,13 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const peers = new WeakMap<TLSSocket, PeerIdentity>();
   const byIdentity = new Map<string, Set<TLSSocket>>();
   let connections = 0;
-  // Metrics only when there is an admin listener to read them.
-  const metrics = config.admin
-    ? new AgentMetrics({
+  // Metrics only when there is an admin listener to read them (prom-client is loaded only then: `admin` needs a restart).
+  const metricsModule = config.admin ? await import("./metrics.ts") : undefined;
+  const metrics = metricsModule
+    ? new metricsModule.AgentMetrics({
         connections: () => connections,
         sessions: () => allSessions().reduce((n, t) => n + t.size, 0),
-        certs: () => certLifetimes(state.identity.certPem, state.identity.rootsPem),
+        certs: () => metricsModule.certLifetimes(state.identity.certPem, state.identity.rootsPem),
         coolingDown: () => limiter.coolingDown(),
       })
     : undefined;
@@ -654,9 +655,9 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   }
   const url = urls[config.endpoints[0].id];
   let admin: Awaited<ReturnType<typeof startAdminServer>> | undefined;
-  if (config.admin && metrics) {
+  if (config.admin && metricsModule && metrics) {
     try {
-      admin = await startAdminServer(config.admin.listen, metrics);
+      admin = await metricsModule.startAdminServer(config.admin.listen, metrics);
     } catch (e) {
       await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
       await closeUpstream();

@@ -1,8 +1,17 @@
-import { Agent, type Dispatcher } from "undici";
+import { createRequire } from "node:module";
 import type { EventEmitter } from "node:events";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import { MeshError } from "../../lib/errors.ts";
+import type { Agent as UndiciAgent, Dispatcher } from "undici";
+
+// undici's package entry loads all of undici (fetch, WebSocket, EventSource, caches, mocks, interceptors, proxies):
+// ~7 MB of the agent's idle RSS for the one pool class and the one call used here. Those two are loaded alone, from
+// the files the entry itself re-exports (undici has no "exports" map); test/agent/undici-slim.test.ts checks that
+// they are still the very objects the entry exports, so an undici upgrade that moves them fails there, not here.
+const requireCjs = createRequire(import.meta.url);
+const Agent = requireCjs("undici/lib/dispatcher/agent.js") as typeof UndiciAgent;
+const request = requireCjs("undici/lib/api/api-request.js") as (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
 
 export interface UpstreamResponse {
   status: number;
@@ -17,8 +26,8 @@ export class UpstreamError extends MeshError {
 }
 
 /**
- * The Streamable HTTP server behind the agent, reached over keep-alive connections (undici), on loopback or a unix
- * socket. Only the headers MCP needs are sent; the caller's identity travels as X-MCPMesh-Identity.
+ * The Streamable HTTP server behind the agent, reached over keep-alive connections (undici's Agent), on loopback or a
+ * unix socket. Only the headers MCP needs are sent; the caller's identity travels as X-MCPMesh-Identity.
  */
 export class HttpUpstream {
   readonly url: URL;
@@ -50,7 +59,7 @@ export class HttpUpstream {
     const t0 = this.observe ? performance.now() : 0;
     try {
       // The dispatcher directly, with the origin and path split once: undici's request(url) re-parses the URL each call.
-      const res = await this.#dispatcher.request({ origin: this.#origin, path: this.#path, method, headers, body, signal, headersTimeout: this.#timeoutMs });
+      const res = await request.call(this.#dispatcher, { origin: this.#origin, path: this.#path, method, headers, body, signal, headersTimeout: this.#timeoutMs });
       this.observe?.(method, (performance.now() - t0) / 1000, res.statusCode < 500, res.statusCode < 500 ? undefined : `HTTP ${res.statusCode}`);
       return { status: res.statusCode, headers: res.headers, body: res.body as unknown as Readable };
     } catch (e) {
