@@ -235,8 +235,8 @@ export class Authority extends EventEmitter {
     if (!rec) throw new TokenRejectedError("MCPMESH_TOKEN_UNKNOWN", "token: unknown to this CA");
     if (rec.usedAt !== null) throw new TokenRejectedError("MCPMESH_TOKEN_USED", "token: already used (tokens are single-use; ask for a new one)");
     if (rec.expiresAt <= now) throw new TokenRejectedError("MCPMESH_TOKEN_EXPIRED", "token: expired (ask for a new one)");
-    const spki = acceptCsr(csrPem);
-    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, spki });
+    const spki = await acceptCsr(csrPem);
+    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.certTtlMs, rec.dns, rec.ips, now, "enroll", null);
     // Redemption and recording are one transaction: of two concurrent enrollments only one can flip used_at, and the
     // loser's certificate is never recorded nor returned. Concurrent issuances share one durable commit (group
@@ -265,13 +265,12 @@ export class Authority extends EventEmitter {
     if (requestedIdentity !== undefined && requestedIdentity !== null && requestedIdentity !== rec.identity) {
       throw new RenewRejectedError("MCPMESH_IDENTITY_MISMATCH", `identity: a certificate for ${rec.identity} can only renew ${rec.identity}`);
     }
-    const spki = acceptCsr(csrPem);
-    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, spki });
+    const spki = await acceptCsr(csrPem);
+    const cert = await signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, spki });
     const record = this.#record(cert, rec.kind, rec.identity, rec.ttlMs, rec.dns, rec.ips, now, "renew", rec.serial);
     const ok = await this.#store.groupCommit(() => {
       // Re-check inside the transaction: a revocation that landed while we were signing must win.
-      const current = this.#store.getCert(rec.serial);
-      if (!current || current.revokedAt !== null) return false;
+      if (!this.#store.isCertActive(rec.serial)) return false;
       this.#store.insertCert(record);
       this.#store.addEvent("cert.renewed", { identity: rec.identity, serial: record.serial, detail: { from: rec.serial, notAfter: record.notAfter } }, now);
       return true;
@@ -376,7 +375,7 @@ export class Authority extends EventEmitter {
     const identity = makeSpiffeId(this.trustDomain, "mcpmesh/ca").uri;
     const ttl = DEFAULT_TTL_MS.server;
     const spki = keyPublic instanceof KeyObject ? keyPublic.export({ type: "spki", format: "der" }) : Buffer.from(await crypto.subtle.exportKey("spki", keyPublic));
-    const cert = signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
+    const cert = await signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
     const record = this.#record(cert, "server", identity, ttl, dns, ips, now, "server", null);
     this.#store.transaction(() => {
       this.#store.insertCert(record);

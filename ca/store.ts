@@ -208,6 +208,12 @@ export class CaStore {
     return r ? certFromRow(r) : null;
   }
 
+  /** Whether a certificate is recorded and not revoked: the one column renewal re-checks inside its transaction. */
+  isCertActive(serial: string): boolean {
+    const r = this.#s(`SELECT revoked_at FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
+    return r !== undefined && r.revoked_at === null;
+  }
+
   listCerts(): CertRecord[] {
     return (this.#s(`SELECT * FROM certs ORDER BY issued_at, serial`).all() as Row[]).map(certFromRow);
   }
