@@ -81,8 +81,10 @@ function peerOf(req: IncomingMessage): Peer {
   const sock = req.socket as TLSSocket;
   let peer = peers.get(sock);
   if (!peer) {
-    const cert = sock.getPeerX509Certificate?.();
-    peer = { leafDer: cert ? cert.raw : null, chainTrusted: sock.authorized === true };
+    // getPeerCertificate(false) rather than getPeerX509Certificate(): the raw DER is all that is needed, without
+    // building an X509Certificate (as at the agent's TLS gate). No certificate gives an empty object.
+    const raw = sock.getPeerCertificate(false)?.raw;
+    peer = { leafDer: raw && raw.length > 0 ? raw : null, chainTrusted: sock.authorized === true };
     peers.set(sock, peer);
   }
   return peer;
