@@ -6,10 +6,10 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from "node:crypto";
+import { createPublicKey, generateKeyPairSync, sign, X509Certificate, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import { Authority } from "../../ca/authority.ts";
-import { children, readWhole } from "../../ca/der.ts";
+import { bitString, children, oid, readWhole, seq, tlv } from "../../ca/der.ts";
 import { acceptCsr, makeIssuer, signLeaf, type Issuer } from "../../ca/profile.ts";
 import type { CertKind } from "../../ca/store.ts";
 import { EC_SIGN, toWebCryptoSigningKey } from "../../ca/keys.ts";
@@ -161,6 +161,27 @@ describe("strict CSR reader", () => {
     ];
     for (const c of bad) {
       await assert.rejects(acceptCsr(c.csr), (e: any) => e.code === c.code && e.message === c.message, c.name);
+    }
+  });
+
+  test("every accepted key type verifies on the thread pool, and a flipped signature bit is refused for each", async () => {
+    // Minimal PKCS#10 for each key type the CA accepts, signed by node:crypto with the algorithm that fits the key.
+    const kinds: { name: string; key: ReturnType<typeof generateKeyPairSync>; alg: string; hash: string | null; nullParams: boolean }[] = [
+      { name: "P-256", key: generateKeyPairSync("ec", { namedCurve: "P-256" }), alg: "1.2.840.10045.4.3.2", hash: "sha256", nullParams: false },
+      { name: "P-384", key: generateKeyPairSync("ec", { namedCurve: "P-384" }), alg: "1.2.840.10045.4.3.3", hash: "sha384", nullParams: false },
+      { name: "RSA-2048", key: generateKeyPairSync("rsa", { modulusLength: 2048 }), alg: "1.2.840.113549.1.1.11", hash: "sha256", nullParams: true },
+      { name: "Ed25519", key: generateKeyPairSync("ed25519"), alg: "1.3.101.112", hash: null, nullParams: false },
+    ];
+    for (const k of kinds) {
+      const spki = k.key.publicKey.export({ type: "spki", format: "der" });
+      const cri = seq(tlv(0x02, Buffer.from([0])), seq(), spki, Buffer.from([0xa0, 0x00]));
+      const sig = sign(k.hash, cri, k.name.startsWith("P-") ? { key: k.key.privateKey, dsaEncoding: "der" } : k.key.privateKey);
+      const algId = k.nullParams ? seq(oid(k.alg), Buffer.from([0x05, 0x00])) : seq(oid(k.alg));
+      const der = seq(cri, algId, bitString(sig));
+      assert.deepEqual(await acceptCsr(derToPem(der, "CERTIFICATE REQUEST")), spki, k.name);
+      const tampered = Buffer.from(der);
+      tampered[tampered.length - 1] ^= 0x01;
+      await assert.rejects(acceptCsr(derToPem(tampered, "CERTIFICATE REQUEST")), { code: "MCPMESH_BAD_CSR", message: "csr: the signature does not verify (the request was altered or not signed by its key)" }, k.name);
     }
   });
 
