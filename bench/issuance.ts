@@ -266,7 +266,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
     const header = ["path", "N per rep", "certs/s", "p50 ms", "p99 ms", "CA CPU µs/cert", "errors"];
     const md = [
       `\`mcpmesh ca serve\` (one process) and a separate load-generator process, ${connections} requests in flight, ${reps} repetition(s), min–max shown. ` +
-        `ECDSA P-256 leaves from the DER template, CSRs verified with node:crypto, SQLite WAL synchronous=FULL with group commit.`,
+        `ECDSA P-256 leaves from the DER template, CSRs verified and leaves signed with node:crypto on libuv's thread pool, SQLite WAL synchronous=FULL with group commit.`,
       "",
       "| " + header.join(" | ") + " |",
       "| " + header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ") + " |",

@@ -10,7 +10,7 @@ import { x509, crypto, derToPem, fingerprint, normalizeSerial, pemToDer } from "
 import { children, readWhole } from "./der.ts";
 import { CaExistsError, ForbiddenError, RenewRejectedError, TokenRejectedError } from "./errors.ts";
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
-import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, randomSerial, signLeaf, validateSans, type Issuer, type SignedLeaf } from "./profile.ts";
+import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, randomSerial, signLeaf, validateSans, type Issuer, type LeafRequest, type SignedLeaf } from "./profile.ts";
 import { CaStore, type CertKind, type CertRecord } from "./store.ts";
 import { hashTokenSecret, decodeToken } from "./token.ts";
 import { CA_FILES, createToken, listCertificates, openCaStore, readCaConfig, revoke, type CaConfig, type CertificateStatus, type TokenOptions } from "./admin.ts";
@@ -235,13 +235,12 @@ export class Authority extends EventEmitter {
     if (!rec) throw new TokenRejectedError("MCPMESH_TOKEN_UNKNOWN", "token: unknown to this CA");
     if (rec.usedAt !== null) throw new TokenRejectedError("MCPMESH_TOKEN_USED", "token: already used (tokens are single-use; ask for a new one)");
     if (rec.expiresAt <= now) throw new TokenRejectedError("MCPMESH_TOKEN_EXPIRED", "token: expired (ask for a new one)");
-    const spki = acceptCsr(csrPem);
-    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now, spki });
+    const { cert, intent } = await this.#checkAndSign(csrPem, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.certTtlMs, now });
     const record = this.#record(cert, rec.kind, rec.identity, rec.certTtlMs, rec.dns, rec.ips, now, "enroll", null);
     // Redemption and recording are one transaction: of two concurrent enrollments only one can flip used_at, and the
     // loser's certificate is never recorded nor returned. Concurrent issuances share one durable commit (group
     // commit); this one's answer waits for it.
-    const won = await this.#store.groupCommit(() => {
+    const won = await intent.commit(() => {
       if (!this.#store.redeemToken(hash, this.#clock(), record.serial)) return false;
       this.#store.insertCert(record);
       this.#store.addEvent("cert.enrolled", { identity: rec.identity, serial: record.serial, detail: { kind: rec.kind, notAfter: record.notAfter } }, now);
@@ -265,19 +264,32 @@ export class Authority extends EventEmitter {
     if (requestedIdentity !== undefined && requestedIdentity !== null && requestedIdentity !== rec.identity) {
       throw new RenewRejectedError("MCPMESH_IDENTITY_MISMATCH", `identity: a certificate for ${rec.identity} can only renew ${rec.identity}`);
     }
-    const spki = acceptCsr(csrPem);
-    const cert = signLeaf(this.#issuer, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now, spki });
+    const { cert, intent } = await this.#checkAndSign(csrPem, { spiffeId: rec.identity, kind: rec.kind, dns: rec.dns, ips: rec.ips, ttlMs: rec.ttlMs, now });
     const record = this.#record(cert, rec.kind, rec.identity, rec.ttlMs, rec.dns, rec.ips, now, "renew", rec.serial);
-    const ok = await this.#store.groupCommit(() => {
+    const ok = await intent.commit(() => {
       // Re-check inside the transaction: a revocation that landed while we were signing must win.
-      const current = this.#store.getCert(rec.serial);
-      if (!current || current.revokedAt !== null) return false;
+      if (!this.#store.isCertActive(rec.serial)) return false;
       this.#store.insertCert(record);
       this.#store.addEvent("cert.renewed", { identity: rec.identity, serial: record.serial, detail: { from: rec.serial, notAfter: record.notAfter } }, now);
       return true;
     });
     if (!ok) throw new RenewRejectedError("MCPMESH_CERT_REVOKED", "certificate: revoked; it cannot renew (enroll again with a new token)");
     return this.#issued(record);
+  }
+
+  /**
+   * The CSR check and the leaf signature (both on the thread pool), with the store told that a commit will follow so
+   * that concurrent issuances share one durable commit; a refused CSR withdraws that.
+   */
+  async #checkAndSign(csrPem: unknown, leaf: Omit<LeafRequest, "spki">): Promise<{ cert: SignedLeaf; intent: ReturnType<CaStore["intent"]> }> {
+    const intent = this.#store.intent();
+    try {
+      const spki = await acceptCsr(csrPem);
+      return { cert: await signLeaf(this.#issuer, { ...leaf, spki }), intent };
+    } catch (e) {
+      intent.cancel();
+      throw e;
+    }
   }
 
   /** Checks that a TLS peer holds a valid, unrevoked certificate we issued; returns its record. */
@@ -376,7 +388,7 @@ export class Authority extends EventEmitter {
     const identity = makeSpiffeId(this.trustDomain, "mcpmesh/ca").uri;
     const ttl = DEFAULT_TTL_MS.server;
     const spki = keyPublic instanceof KeyObject ? keyPublic.export({ type: "spki", format: "der" }) : Buffer.from(await crypto.subtle.exportKey("spki", keyPublic));
-    const cert = signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
+    const cert = await signLeaf(this.#issuer, { spiffeId: identity, kind: "server", dns, ips, ttlMs: ttl, now, spki });
     const record = this.#record(cert, "server", identity, ttl, dns, ips, now, "server", null);
     this.#store.transaction(() => {
       this.#store.insertCert(record);

@@ -5,18 +5,32 @@
  * the library (CA certificates, CRLs), and test/ca/der-template.test.ts pins the output to the library's.
  */
 
-/** A DER length: short form below 128, else 0x80|n followed by n big-endian bytes. */
-function lengthBytes(n: number): Buffer {
-  if (n < 0x80) return Buffer.from([n]);
-  const out: number[] = [];
-  for (let v = n; v > 0; v = Math.floor(v / 256)) out.unshift(v & 0xff);
-  return Buffer.from([0x80 | out.length, ...out]);
+/** How many bytes follow the 0x80|n octet of a long-form DER length (0 for the short form, below 128). */
+function longLengthOctets(n: number): number {
+  if (n < 0x80) return 0;
+  let k = 0;
+  for (let v = n; v > 0; v = Math.floor(v / 256)) k++;
+  return k;
 }
 
-/** One TLV with the given tag byte around the concatenated contents. */
+/**
+ * One TLV with the given tag byte around the concatenated contents, written into one buffer (no intermediate concat):
+ * issuance builds ~30 of these per certificate. Length: short form below 128, else 0x80|n and n big-endian bytes.
+ */
 export function tlv(tag: number, ...contents: Buffer[]): Buffer {
-  const body = contents.length === 1 ? contents[0] : Buffer.concat(contents);
-  return Buffer.concat([Buffer.from([tag]), lengthBytes(body.length), body]);
+  let len = 0;
+  for (const c of contents) len += c.length;
+  const k = longLengthOctets(len);
+  const out = Buffer.allocUnsafe(2 + k + len);
+  out[0] = tag;
+  let off = 1;
+  if (k === 0) out[off++] = len;
+  else {
+    out[off++] = 0x80 | k;
+    for (let i = k - 1; i >= 0; i--) out[off++] = Math.floor(len / 256 ** i) & 0xff;
+  }
+  for (const c of contents) off += c.copy(out, off);
+  return out;
 }
 
 export const seq = (...c: Buffer[]): Buffer => tlv(0x30, ...c);
@@ -40,10 +54,11 @@ export function oid(dotted: string): Buffer {
   return tlv(0x06, Buffer.from(bytes));
 }
 
+const p = (n: number, w = 2): string => String(n).padStart(w, "0");
+
 /** RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; whole seconds, Zulu. */
 export function time(ms: number): Buffer {
   const d = new Date(ms);
-  const p = (n: number, w = 2) => String(n).padStart(w, "0");
   const rest = `${p(d.getUTCMonth() + 1)}${p(d.getUTCDate())}${p(d.getUTCHours())}${p(d.getUTCMinutes())}${p(d.getUTCSeconds())}Z`;
   const y = d.getUTCFullYear();
   return y < 2050 ? tlv(0x17, Buffer.from(`${p(y % 100)}${rest}`, "latin1")) : tlv(0x18, Buffer.from(`${p(y, 4)}${rest}`, "latin1"));

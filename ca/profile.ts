@@ -1,17 +1,31 @@
-import { randomBytes, createHash, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
+import { randomFillSync, hash, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
+import { promisify } from "node:util";
 import { isIP } from "node:net";
 import { derToPem, normalizeSerial, x509 } from "../lib/x509.ts";
 import { bitString, children, DerError, octets, oid, oidString, readWhole, seq, time, tlv } from "./der.ts";
 import { CsrRejectedError } from "./errors.ts";
 import type { CertKind } from "./store.ts";
 
+// The callback forms of sign and verify run on libuv's thread pool, off the thread that serves TLS and HTTP.
+const signAsync = promisify(sign);
+const verifyAsync = promisify(verify);
+
 /** Clock skew allowance: leaves are valid from one minute before issuance. */
 export const BACKDATE_MS = 60_000;
 export { DEFAULT_TTL_MS, MAX_LEAF_TTL_MS, validateSans } from "./lifetimes.ts";
 
+// randomBytes() costs ~20 µs a call under load, mostly per-call overhead; serials are drawn from a refilled pool of
+// the same CSPRNG output instead, each 16-byte slice used once.
+const SERIAL_POOL = Buffer.alloc(16 * 256);
+let serialOffset = SERIAL_POOL.length;
+
 /** 128 random bits; a leading zero byte keeps the DER INTEGER positive when the top bit is set. */
 export function randomSerial(): string {
-  const b = randomBytes(16);
+  if (serialOffset === SERIAL_POOL.length) {
+    randomFillSync(SERIAL_POOL);
+    serialOffset = 0;
+  }
+  const b = Buffer.from(SERIAL_POOL.subarray(serialOffset, (serialOffset += 16)));
   if (b[0] === 0) b[0] = 1; // keep the encoding exactly 16 (or 17) bytes long
   const hex = b.toString("hex");
   return b[0] & 0x80 ? `00${hex}` : hex;
@@ -74,6 +88,8 @@ const SIG_ALG = seq(oid(OID.ecdsaSha256));
 const EMPTY_SUBJECT = seq();
 const BASIC_CONSTRAINTS = seq(oid(OID.basicConstraints), CRITICAL, octets(seq())); // CA:false (the default, omitted)
 const KEY_USAGE = seq(oid(OID.keyUsage), CRITICAL, octets(Buffer.from([0x03, 0x02, 0x07, 0x80]))); // digitalSignature
+const SAN_OID = oid(OID.subjectAltName);
+const SKI_OID = oid(OID.subjectKeyId);
 const EKU_EXT: Record<CertKind, Buffer> = Object.fromEntries(
   Object.entries(EKU).map(([kind, oids]) => [kind, seq(oid(OID.extKeyUsage), octets(seq(...oids.map(oid))))]),
 ) as Record<CertKind, Buffer>;
@@ -87,7 +103,7 @@ function publicKeyBits(spki: Buffer): Buffer {
 
 /** RFC 5280 §4.2.1.2 method 1 (SHA-1 of the key bits), as @peculiar/x509 computes SKI and AKI. */
 function keyId(spki: Buffer): Buffer {
-  return createHash("sha1").update(publicKeyBits(spki)).digest();
+  return hash("sha1", publicKeyBits(spki), "buffer");
 }
 
 export function makeIssuer(certPem: string, webCryptoKey: CryptoKey, signer: KeyObject): Issuer {
@@ -125,7 +141,7 @@ function ipBytes(ip: string): Buffer {
  * signed with node:crypto (ECDSA P-256, SHA-256, DER signature); test/ca/der-template.test.ts checks the bytes
  * against @peculiar/x509's encoding of the same certificate.
  */
-export function signLeaf(issuer: Issuer, req: LeafRequest): SignedLeaf {
+export async function signLeaf(issuer: Issuer, req: LeafRequest): Promise<SignedLeaf> {
   const serialHex = randomSerial();
   const notBefore = Math.floor((req.now - BACKDATE_MS) / 1000) * 1000;
   const notAfter = Math.floor((req.now + req.ttlMs) / 1000) * 1000;
@@ -144,12 +160,12 @@ export function signLeaf(issuer: Issuer, req: LeafRequest): SignedLeaf {
       BASIC_CONSTRAINTS,
       KEY_USAGE,
       EKU_EXT[req.kind],
-      seq(oid(OID.subjectAltName), CRITICAL, octets(seq(...names))),
-      seq(oid(OID.subjectKeyId), octets(octets(keyId(req.spki)))),
+      seq(SAN_OID, CRITICAL, octets(seq(...names))),
+      seq(SKI_OID, octets(octets(keyId(req.spki)))),
       issuer.akiExtension,
     )),
   );
-  const signature = sign("sha256", tbs, { key: issuer.signer, dsaEncoding: "der" });
+  const signature = await signAsync("sha256", tbs, { key: issuer.signer, dsaEncoding: "der" });
   const der = seq(tbs, SIG_ALG, bitString(signature));
   return { der, pem: derToPem(der), serial: normalizeSerial(serialHex), notBefore, notAfter };
 }
@@ -232,7 +248,7 @@ function publicKeyObject(spki: Buffer): KeyObject {
  * identity the CSR claims is ignored, the CA decides the names. The signature is checked by node:crypto over the
  * CertificationRequestInfo bytes exactly as received.
  */
-export function acceptCsr(csrPem: unknown): Buffer {
+export async function acceptCsr(csrPem: unknown): Promise<Buffer> {
   if (typeof csrPem !== "string" || csrPem.length === 0) throw new CsrRejectedError("MCPMESH_BAD_CSR", "csr: missing (PEM-encoded PKCS#10 expected)");
   if (csrPem.length > 16_384) throw new CsrRejectedError("MCPMESH_BAD_CSR", "csr: too large");
   let csr: ParsedCsr;
@@ -262,7 +278,7 @@ export function acceptCsr(csrPem: unknown): Buffer {
   let valid = false;
   if (csr.alg.key === details.type) {
     try {
-      valid = verify(csr.alg.hash, csr.info, details.type === "ec" ? { key, dsaEncoding: "der" } : key, csr.signature);
+      valid = await verifyAsync(csr.alg.hash, csr.info, details.type === "ec" ? { key, dsaEncoding: "der" } : key, csr.signature);
     } catch {
       valid = false;
     }

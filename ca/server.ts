@@ -67,10 +67,62 @@ export interface RunningCaServer {
   close(): Promise<void>;
 }
 
-function peerOf(req: IncomingMessage): { leafDer: Uint8Array | null; chainTrusted: boolean } {
+type Peer = { leafDer: Uint8Array | null; chainTrusted: boolean };
+
+/**
+ * What TLS established about a connection's peer, read once per connection: a renewing client sends many requests
+ * over one keep-alive connection, and building the X509Certificate each time cost ~0.1 ms per request. It cannot
+ * change under us: TLS 1.3 only, renegotiation off, no post-handshake authentication. The authority still checks the
+ * certificate's record (revocation, expiry) on every request.
+ */
+const peers = new WeakMap<TLSSocket, Peer>();
+
+function peerOf(req: IncomingMessage): Peer {
   const sock = req.socket as TLSSocket;
-  const cert = sock.getPeerX509Certificate?.();
-  return { leafDer: cert ? cert.raw : null, chainTrusted: sock.authorized === true };
+  let peer = peers.get(sock);
+  if (!peer) {
+    // getPeerCertificate(false) rather than getPeerX509Certificate(): the raw DER is all that is needed, without
+    // building an X509Certificate (as at the agent's TLS gate). No certificate gives an empty object.
+    const raw = sock.getPeerCertificate(false)?.raw;
+    peer = { leafDer: raw && raw.length > 0 ? raw : null, chainTrusted: sock.authorized === true };
+    peers.set(sock, peer);
+  }
+  return peer;
+}
+
+/**
+ * The request body, at most MAX_BODY bytes. Plain stream events rather than `for await`: the async iterator cost
+ * ~20 µs per request, a few percent of an issuance.
+ */
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY) {
+        cleanup();
+        req.resume(); // drain; the answer is sent without waiting for the rest
+        reject(new BadRequestError("MCPMESH_TOO_LARGE", `body: larger than ${MAX_BODY} bytes`));
+      } else chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
+    };
+    const onError = (e: Error) => {
+      cleanup();
+      reject(e);
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new BadRequestError("MCPMESH_BAD_REQUEST", "body: the connection closed before the request body ended"));
+    };
+    const cleanup = () => {
+      req.off("data", onData).off("end", onEnd).off("error", onError).off("close", onClose);
+    };
+    req.on("data", onData).on("end", onEnd).on("error", onError).on("close", onClose);
+  });
 }
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
@@ -78,16 +130,10 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   if (type !== "application/json") throw new BadRequestError("MCPMESH_UNSUPPORTED_MEDIA", "content-type: must be application/json");
   const declared = Number(req.headers["content-length"] ?? "0");
   if (declared > MAX_BODY) throw new BadRequestError("MCPMESH_TOO_LARGE", `body: larger than ${MAX_BODY} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new BadRequestError("MCPMESH_TOO_LARGE", `body: larger than ${MAX_BODY} bytes`);
-    chunks.push(chunk as Buffer);
-  }
+  const raw = await readBody(req);
   let body: unknown;
   try {
-    body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+    body = JSON.parse(raw.toString("utf8"));
   } catch {
     throw new BadRequestError("MCPMESH_BAD_REQUEST", "body: not valid JSON");
   }

@@ -71,6 +71,9 @@ CREATE INDEX IF NOT EXISTS events_type_id ON events(type, id);
 
 type Row = Record<string, any>;
 
+/** How long queued commits wait at most for announced issuances (CaStore.intent) to join their transaction. */
+const GROUP_WAIT_MS = 10;
+
 /**
  * better-sqlite3 12 on Node 24 can abort the process (`RemoveEnvironmentCleanupHook: (env) != nullptr`) when a
  * Statement is garbage-collected while Node tears its environment down. Statements are therefore prepared once per
@@ -98,8 +101,11 @@ export class CaStore {
   readonly #db: Database.Database;
   readonly #statements = new Map<string, Database.Statement>();
 
-  private constructor(db: Database.Database) {
+  readonly #groupWaitMs: number;
+
+  private constructor(db: Database.Database, groupWaitMs: number) {
     this.#db = db;
+    this.#groupWaitMs = groupWaitMs;
   }
 
   #s(sql: string): Database.Statement {
@@ -108,7 +114,8 @@ export class CaStore {
     return st;
   }
 
-  static open(path: string, opts: { create?: boolean } = {}): CaStore {
+  /** `groupWaitMs`: see intent(); tests set it to make the wait observable. */
+  static open(path: string, opts: { create?: boolean; groupWaitMs?: number } = {}): CaStore {
     let db: Database.Database | undefined;
     try {
       db = retainSqlite(new Database(path, { fileMustExist: !opts.create }));
@@ -120,7 +127,7 @@ export class CaStore {
       for (const f of [path, `${path}-wal`, `${path}-shm`]) {
         try { chmodSync(f, 0o600); } catch { /* -wal/-shm may not exist yet */ }
       }
-      return new CaStore(db);
+      return new CaStore(db, opts.groupWaitMs ?? GROUP_WAIT_MS);
     } catch (e) {
       try { db?.close(); } catch { /* closing a broken handle */ }
       throw new StateError(`the CA database ${path} cannot be opened (corrupt or not a database): ${(e as Error).message}`, { cause: e });
@@ -139,21 +146,71 @@ export class CaStore {
 
   /**
    * Group commit: `fn` runs inside one IMMEDIATE transaction shared with every other `groupCommit` queued in the same
-   * turn of the event loop, each in its own savepoint (a throwing `fn` undoes only its own writes and rejects only its
+   * turn of the event loop (or while announced writes are outstanding, see intent()), each in its own savepoint (a throwing `fn` undoes only its own writes and rejects only its
    * own promise). Promises settle after the shared COMMIT, so a caller answers only once its writes are durable;
    * with synchronous=FULL that is one fsync for the whole group instead of one per issuance. A failed COMMIT rejects
    * the whole group.
    */
   groupCommit<T>(fn: () => T): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      if (this.#pending.length === 0) setImmediate(() => this.#flush());
       this.#pending.push({ fn, resolve, reject });
+      this.#schedule();
     });
   }
 
+  /** Issuances announced by intent() that have neither committed nor cancelled yet. */
+  #intents = 0;
+  #immediate: NodeJS.Immediate | null = null;
+  #timer: NodeJS.Timeout | null = null;
+
+  /**
+   * Announces a write that will come shortly (an issuance whose CSR check and signature are running on the thread
+   * pool): while any are outstanding, queued commits wait for them, up to GROUP_WAIT_MS, so one fsync covers the
+   * whole wave instead of one per event-loop turn (measured: ~20 issuances per fsync instead of ~11 under the bench). `commit` is groupCommit; `cancel` withdraws the intent (the
+   * issuance failed before writing). Idempotent: only the first of commit/cancel counts.
+   */
+  intent(): { commit<T>(fn: () => T): Promise<T>; cancel(): void } {
+    this.#intents++;
+    let open = true;
+    const settle = () => {
+      if (!open) return;
+      open = false;
+      this.#intents--;
+    };
+    return {
+      commit: <T>(fn: () => T): Promise<T> => {
+        settle();
+        return this.groupCommit(fn);
+      },
+      cancel: () => {
+        settle();
+        if (this.#pending.length > 0) this.#schedule();
+      },
+    };
+  }
+
+  #schedule(): void {
+    if (this.#pending.length === 0 || this.#immediate) return;
+    if (this.#intents === 0) {
+      if (this.#timer) clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#immediate = setImmediate(() => this.#flush());
+    } else if (!this.#timer) {
+      // The bound on waiting: a lost intent (or a slow thread pool) delays a commit by at most this much.
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        if (!this.#immediate) this.#immediate = setImmediate(() => this.#flush());
+      }, this.#groupWaitMs);
+    }
+  }
+
   #flush(): void {
+    this.#immediate = null;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
     const batch = this.#pending;
     this.#pending = [];
+    if (batch.length === 0) return;
     const results: Array<{ ok: true; value: unknown } | { ok: false; error: unknown }> = [];
     try {
       this.#db.transaction(() => {
@@ -206,6 +263,12 @@ export class CaStore {
   getCert(serial: string): CertRecord | null {
     const r = this.#s(`SELECT * FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
     return r ? certFromRow(r) : null;
+  }
+
+  /** Whether a certificate is recorded and not revoked: the one column renewal re-checks inside its transaction. */
+  isCertActive(serial: string): boolean {
+    const r = this.#s(`SELECT revoked_at FROM certs WHERE serial = ?`).get(serial) as Row | undefined;
+    return r !== undefined && r.revoked_at === null;
   }
 
   listCerts(): CertRecord[] {

@@ -5,6 +5,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { newKeyAndCsr } from "../../identity/enroll.ts";
 import { derToPem, pemToDer, x509 } from "../../lib/x509.ts";
@@ -119,5 +120,38 @@ describe("CSRs", () => {
       assert.deepEqual(r.json, { error: { code: c.code, message: c.message } });
     }
     assert.deepEqual(ca.snapshot(), before);
+  });
+
+  /** A raw POST /v1/enroll whose body is written in chunks (no content-length unless given); `cut` aborts mid-body. */
+  function rawEnroll(chunks: Buffer[], opts: { contentLength?: number; cut?: boolean } = {}): Promise<{ status: number; json: any } | "aborted"> {
+    return new Promise((resolve, reject) => {
+      const headers: Record<string, string | number> = { "content-type": "application/json" };
+      if (opts.contentLength !== undefined) headers["content-length"] = opts.contentLength;
+      const req = httpsRequest(new URL("/v1/enroll", ca.url), { method: "POST", ca: ca.rootPem, headers, agent: false }, (res) => {
+        const body: Buffer[] = [];
+        res.on("data", (c: Buffer) => body.push(c));
+        res.on("end", () => resolve({ status: res.statusCode!, json: JSON.parse(Buffer.concat(body).toString("utf8")) }));
+      });
+      req.on("error", (e) => (opts.cut ? resolve("aborted") : reject(e)));
+      for (const c of chunks) req.write(c);
+      if (opts.cut) req.once("socket", (s) => s.once("secureConnect", () => setImmediate(() => req.destroy())));
+      else req.end();
+    });
+  }
+
+  test("bodies over 64 KiB are refused with 413 whether declared or streamed; a body cut off mid-way issues nothing", async () => {
+    const token = ca.token("csr/big");
+    const before = ca.snapshot();
+    const big = Buffer.from(JSON.stringify({ token, csr: "x".repeat(70_000) }));
+    const tooLarge = { error: { code: "MCPMESH_TOO_LARGE", message: "body: larger than 65536 bytes" } };
+    // Declared up front (refused before reading), and chunked with no length (refused once the count passes the cap).
+    assert.deepEqual(await rawEnroll([big], { contentLength: big.length }), { status: 413, json: tooLarge });
+    assert.deepEqual(await rawEnroll([big.subarray(0, 40_000), big.subarray(40_000)]), { status: 413, json: tooLarge });
+    // A client that disconnects halfway through a (valid-looking) body gets nothing issued and the CA keeps serving.
+    const half = Buffer.from(JSON.stringify({ token, csr: (await newKeyAndCsr()).csrPem }));
+    assert.equal(await rawEnroll([half.subarray(0, 100)], { contentLength: half.length, cut: true }), "aborted");
+    assert.deepEqual(ca.snapshot(), before, "nothing issued, the token unused");
+    const ok = await caCall(ca, "/v1/enroll", { token, csr: (await newKeyAndCsr()).csrPem });
+    assert.equal(ok.status, 201, JSON.stringify(ok.json));
   });
 });

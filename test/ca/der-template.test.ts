@@ -6,10 +6,10 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from "node:crypto";
+import { createPublicKey, generateKeyPairSync, sign, X509Certificate, type KeyObject } from "node:crypto";
 import { join } from "node:path";
 import { Authority } from "../../ca/authority.ts";
-import { children, readWhole } from "../../ca/der.ts";
+import { bitString, children, oid, readWhole, seq, tlv } from "../../ca/der.ts";
 import { acceptCsr, makeIssuer, signLeaf, type Issuer } from "../../ca/profile.ts";
 import type { CertKind } from "../../ca/store.ts";
 import { EC_SIGN, toWebCryptoSigningKey } from "../../ca/keys.ts";
@@ -88,7 +88,7 @@ describe("leaf DER template", () => {
       const spki = k.spki();
       for (const s of shapes) {
         for (const now of clocks) {
-          const leaf = signLeaf(issuer, { spiffeId: s.id, kind: s.kind, dns: s.dns, ips: s.ips, ttlMs: 3_600_000, now, spki });
+          const leaf = await signLeaf(issuer, { spiffeId: s.id, kind: s.kind, dns: s.dns, ips: s.ips, ttlMs: 3_600_000, now, spki });
           const parsed = new x509.X509Certificate(new Uint8Array(leaf.der));
           const serialHex = Buffer.from(children(children(readWhole(leaf.der, 0x30))[0])[1].value).toString("hex");
           const reference = await libraryLeaf(issuer, { serialHex, notBefore: parsed.notBefore.getTime(), notAfter: parsed.notAfter.getTime(), spiffeId: s.id, kind: s.kind, dns: s.dns, ips: s.ips, spki });
@@ -105,21 +105,21 @@ describe("leaf DER template", () => {
     assert.equal(checked, keys.length * shapes.length * clocks.length);
   });
 
-  test("an IPv6 address written with a dotted quad is encoded as its 16 bytes (@peculiar/x509 gets this one wrong)", () => {
+  test("an IPv6 address written with a dotted quad is encoded as its 16 bytes (@peculiar/x509 gets this one wrong)", async () => {
     const spki = keys[0].spki();
     for (const [ip, hex] of [["::ffff:192.0.2.1", "00000000000000000000ffffc0000201"], ["64:ff9b::10.1.2.3", "0064ff9b00000000000000000a010203"], ["::", "00000000000000000000000000000000"]]) {
-      const leaf = signLeaf(issuer, { spiffeId: "spiffe://example.org/a", kind: "agent", dns: [], ips: [ip], ttlMs: 60_000, now: Date.now(), spki });
+      const leaf = await signLeaf(issuer, { spiffeId: "spiffe://example.org/a", kind: "agent", dns: [], ips: [ip], ttlMs: 60_000, now: Date.now(), spki });
       const san = children(readWhole(Buffer.from(new x509.X509Certificate(new Uint8Array(leaf.der)).getExtension(x509.SubjectAlternativeNameExtension)!.value), 0x30));
       assert.equal(san[1].tag, 0x87, ip);
       assert.equal(san[1].value.toString("hex"), hex, ip);
     }
   });
 
-  test("the issuer name is the intermediate's subject byte for byte; the AKI is its SKI", () => {
+  test("the issuer name is the intermediate's subject byte for byte; the AKI is its SKI", async () => {
     const intDer = pemToDer(ca.intermediatePem);
     const subject = children(children(readWhole(intDer, 0x30))[0])[5].raw;
     assert.deepEqual(issuer.nameDer, Buffer.from(subject));
-    const leaf = new x509.X509Certificate(new Uint8Array(signLeaf(issuer, { spiffeId: "spiffe://example.org/a", kind: "client", dns: [], ips: [], ttlMs: 60_000, now: Date.now(), spki: keys[0].spki() }).der));
+    const leaf = new x509.X509Certificate(new Uint8Array((await signLeaf(issuer, { spiffeId: "spiffe://example.org/a", kind: "client", dns: [], ips: [], ttlMs: 60_000, now: Date.now(), spki: keys[0].spki() })).der));
     assert.equal(leaf.getExtension(x509.AuthorityKeyIdentifierExtension)?.keyId, ca.intermediate.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId);
   });
 });
@@ -127,7 +127,7 @@ describe("leaf DER template", () => {
 describe("strict CSR reader", () => {
   test("accepts the mesh's own CSR and returns its SPKI exactly", async () => {
     const { csrPem } = await newKeyAndCsr();
-    const spki = acceptCsr(csrPem);
+    const spki = await acceptCsr(csrPem);
     assert.deepEqual(spki, Buffer.from(new x509.Pkcs10CertificateRequest(csrPem).publicKey.rawData));
   });
 
@@ -160,7 +160,28 @@ describe("strict CSR reader", () => {
       { name: "text before the PEM block", csr: `hello\n${csrPem}`, code: "MCPMESH_BAD_CSR", message: "csr: not a valid PEM-encoded PKCS#10 certificate request" },
     ];
     for (const c of bad) {
-      assert.throws(() => acceptCsr(c.csr), (e: any) => e.code === c.code && e.message === c.message, c.name);
+      await assert.rejects(acceptCsr(c.csr), (e: any) => e.code === c.code && e.message === c.message, c.name);
+    }
+  });
+
+  test("every accepted key type verifies on the thread pool, and a flipped signature bit is refused for each", async () => {
+    // Minimal PKCS#10 for each key type the CA accepts, signed by node:crypto with the algorithm that fits the key.
+    const kinds: { name: string; key: ReturnType<typeof generateKeyPairSync>; alg: string; hash: string | null; nullParams: boolean }[] = [
+      { name: "P-256", key: generateKeyPairSync("ec", { namedCurve: "P-256" }), alg: "1.2.840.10045.4.3.2", hash: "sha256", nullParams: false },
+      { name: "P-384", key: generateKeyPairSync("ec", { namedCurve: "P-384" }), alg: "1.2.840.10045.4.3.3", hash: "sha384", nullParams: false },
+      { name: "RSA-2048", key: generateKeyPairSync("rsa", { modulusLength: 2048 }), alg: "1.2.840.113549.1.1.11", hash: "sha256", nullParams: true },
+      { name: "Ed25519", key: generateKeyPairSync("ed25519"), alg: "1.3.101.112", hash: null, nullParams: false },
+    ];
+    for (const k of kinds) {
+      const spki = k.key.publicKey.export({ type: "spki", format: "der" });
+      const cri = seq(tlv(0x02, Buffer.from([0])), seq(), spki, Buffer.from([0xa0, 0x00]));
+      const sig = sign(k.hash, cri, k.name.startsWith("P-") ? { key: k.key.privateKey, dsaEncoding: "der" } : k.key.privateKey);
+      const algId = k.nullParams ? seq(oid(k.alg), Buffer.from([0x05, 0x00])) : seq(oid(k.alg));
+      const der = seq(cri, algId, bitString(sig));
+      assert.deepEqual(await acceptCsr(derToPem(der, "CERTIFICATE REQUEST")), spki, k.name);
+      const tampered = Buffer.from(der);
+      tampered[tampered.length - 1] ^= 0x01;
+      await assert.rejects(acceptCsr(derToPem(tampered, "CERTIFICATE REQUEST")), { code: "MCPMESH_BAD_CSR", message: "csr: the signature does not verify (the request was altered or not signed by its key)" }, k.name);
     }
   });
 
@@ -171,7 +192,7 @@ describe("strict CSR reader", () => {
     const at = der.indexOf(Buffer.from("mcpmesh"));
     assert.ok(at > 0);
     der[at] ^= 0x01;
-    assert.throws(() => acceptCsr(derToPem(der, "CERTIFICATE REQUEST")), { code: "MCPMESH_BAD_CSR", message: "csr: the signature does not verify (the request was altered or not signed by its key)" });
+    await assert.rejects(acceptCsr(derToPem(der, "CERTIFICATE REQUEST")), { code: "MCPMESH_BAD_CSR", message: "csr: the signature does not verify (the request was altered or not signed by its key)" });
     // WebCrypto agrees the untampered request verifies (sanity: the reader is not refusing everything).
     assert.ok(await new x509.Pkcs10CertificateRequest(csrPem).verify());
   });

@@ -40,3 +40,43 @@ test("one shared transaction, savepoint per item, answers after the commit", asy
   // A later turn starts a new group.
   assert.equal(await store.groupCommit(() => 4), 4);
 });
+
+test("an announced write holds the group open across turns until every intent commits or cancels", async () => {
+  // A wait bound far beyond the test's length: only commit/cancel can release the group here.
+  const store = CaStore.open(join(tmpdir(cleanup.add), "ca.db"), { create: true, groupWaitMs: 600_000 });
+  cleanup.add(() => store.close());
+  const a = store.intent();
+  const b = store.intent();
+  const c = store.intent();
+  let aSettled = false;
+  const pa = a.commit(() => {
+    store.addEvent("in.a", {});
+    return "a";
+  });
+  void pa.then(() => (aSettled = true));
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(aSettled, false, "a waits for b and c");
+  const seenByB: boolean[] = [];
+  const pb = b.commit(() => {
+    // Queued turns later, yet the same transaction as a: its write is visible and a's caller is not answered yet.
+    seenByB.push(store.events().some((e) => e.type === "in.a"), aSettled);
+    store.addEvent("in.b", {});
+    return "b";
+  });
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(aSettled, false, "c is still outstanding");
+  c.cancel(); // c's issuance failed: the group commits now
+  c.cancel(); // settling twice changes nothing
+  assert.deepEqual(await Promise.all([pa, pb]), ["a", "b"]);
+  assert.deepEqual(seenByB, [true, false]);
+  // With no intent outstanding, a commit goes out in its own turn again.
+  assert.equal(await store.groupCommit(() => 1), 1);
+});
+
+test("an intent that never settles delays a commit only by the wait bound (no hang)", async () => {
+  const store = CaStore.open(join(tmpdir(cleanup.add), "ca.db"), { create: true, groupWaitMs: 20 });
+  cleanup.add(() => store.close());
+  store.intent(); // lost: neither committed nor cancelled
+  assert.equal(await store.groupCommit(() => "committed"), "committed");
+  assert.equal(await store.intent().commit(() => "again"), "again");
+});
