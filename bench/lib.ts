@@ -167,10 +167,11 @@ export async function startNode(args: string[], ready: (line: string) => string 
  * CPU time (user + system, all threads) a process has used so far, in ms, from /proc (Linux); undefined elsewhere.
  * For this process use `process.cpuUsage()` instead (same thing, finer grained).
  */
-export function processCpuMs(pid: number | undefined): number | undefined {
+export function processCpuMs(pid: number | undefined, tid?: number): number | undefined {
   if (pid === undefined) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // With `tid`, one thread's CPU (/proc/PID/task/TID/stat, same layout); the main thread's TID is the PID.
+    const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, "utf8");
     // The command name (field 2) may contain spaces; the fields after its closing parenthesis are plain.
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     // fields[0] is field 3 (state): utime is field 14, stime field 15; in clock ticks (USER_HZ, 100 on Linux).

@@ -12,6 +12,7 @@ import { CaExistsError, ForbiddenError, RenewRejectedError, TokenRejectedError }
 import { EC_SIGN, decryptPrivateKey, encryptPrivateKey, generateP256, toWebCryptoPublicKey, toWebCryptoSigningKey } from "./keys.ts";
 import { acceptCsr, DEFAULT_TTL_MS, makeIssuer, randomSerial, signLeaf, validateSans, type Issuer, type LeafRequest, type SignedLeaf } from "./profile.ts";
 import { CaStore, type CertKind, type CertRecord } from "./store.ts";
+import type { SigningPool } from "./signing-pool.ts";
 import { hashTokenSecret, decodeToken } from "./token.ts";
 import { CA_FILES, createToken, listCertificates, openCaStore, readCaConfig, revoke, type CaConfig, type CertificateStatus, type TokenOptions } from "./admin.ts";
 
@@ -75,6 +76,7 @@ export class Authority extends EventEmitter {
   readonly #store: CaStore;
   readonly #issuer: Issuer;
   readonly #clock: () => number;
+  #pool: SigningPool | undefined;
   #crl: { pem: string; at: number; nextUpdate: number; dataVersion: string } | null = null;
 
   private constructor(dir: string, config: CaConfig, rootPem: string, intPem: string, issuerKey: CryptoKey, signer: KeyObject, store: CaStore, clock: () => number) {
@@ -172,8 +174,12 @@ export class Authority extends EventEmitter {
     return new Authority(opts.dir, config, rootPem, intPem, intSigning, intKeys.privateKey, store, clock);
   }
 
-  /** Opens an existing CA; the passphrase decrypts the intermediate key (the root key stays encrypted on disk). */
-  static async open(opts: { dir: string; passphrase: string; clock?: () => number }): Promise<Authority> {
+  /**
+   * Opens an existing CA; the passphrase decrypts the intermediate key (the root key stays encrypted on disk).
+   * `signingThreads` > 0 checks CSRs and signs leaves on that many worker threads (ca/signing-pool.ts); 0, the
+   * default, does it on this thread. `onSigningFailure` hears why a signing thread stopped.
+   */
+  static async open(opts: { dir: string; passphrase: string; clock?: () => number; signingThreads?: number; onSigningFailure?: (e: Error) => void }): Promise<Authority> {
     const config = Authority.readConfig(opts.dir);
     let rootPem: string, intPem: string, intKeyPem: string;
     try {
@@ -185,8 +191,15 @@ export class Authority extends EventEmitter {
     }
     if (fingerprint(rootPem) !== config.rootFingerprint) throw new StateError(`${join(opts.dir, CA_FILES.root)} does not match the fingerprint recorded in ca.json`);
     const key = decryptPrivateKey(intKeyPem, opts.passphrase, "the intermediate CA key");
+    const threads = opts.signingThreads ?? 0;
+    if (!Number.isInteger(threads) || threads < 0 || threads > 64) throw new InvalidArgumentError("signing-threads", `${threads} is not a whole number from 0 to 64`);
     const store = CaStore.open(join(opts.dir, CA_FILES.db));
-    return new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), key, store, opts.clock ?? Date.now);
+    const authority = new Authority(opts.dir, config, rootPem, intPem, await toWebCryptoSigningKey(key), key, store, opts.clock ?? Date.now);
+    if (threads > 0) {
+      const { SigningPool } = await import("./signing-pool.ts");
+      authority.#pool = new SigningPool(authority.#issuer, threads, opts.onSigningFailure).warm();
+    }
+    return authority;
   }
 
   /**
@@ -204,6 +217,7 @@ export class Authority extends EventEmitter {
 
   close(): void {
     this.#store.close();
+    void this.#pool?.close();
   }
 
   /** The store's write-ahead log: it changes on every write by any process (the live feed watches it). */
@@ -284,6 +298,7 @@ export class Authority extends EventEmitter {
   async #checkAndSign(csrPem: unknown, leaf: Omit<LeafRequest, "spki">): Promise<{ cert: SignedLeaf; intent: ReturnType<CaStore["intent"]> }> {
     const intent = this.#store.intent();
     try {
+      if (this.#pool) return { cert: await this.#pool.checkAndSign(csrPem, leaf), intent };
       const spki = await acceptCsr(csrPem);
       return { cert: await signLeaf(this.#issuer, { ...leaf, spki }), intent };
     } catch (e) {

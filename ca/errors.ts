@@ -39,3 +39,10 @@ export class CaExistsError extends MeshError {
     super("MCPMESH_CA_EXISTS", `a CA already exists in ${dir}; refusing to overwrite it (choose another --dir)`);
   }
 }
+
+/** The CA cannot sign right now (a signing thread stopped, or the CA is shutting down); nothing was issued. */
+export class SignerUnavailableError extends MeshError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("MCPMESH_CA_UNAVAILABLE", message, options);
+  }
+}

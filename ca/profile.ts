@@ -141,7 +141,10 @@ function ipBytes(ip: string): Buffer {
  * signed with node:crypto (ECDSA P-256, SHA-256, DER signature); test/ca/der-template.test.ts checks the bytes
  * against @peculiar/x509's encoding of the same certificate.
  */
-export async function signLeaf(issuer: Issuer, req: LeafRequest): Promise<SignedLeaf> {
+/** What signing a leaf needs of the issuer (all of it can cross to a worker thread). */
+export type LeafSigner = Pick<Issuer, "signer" | "nameDer" | "akiExtension">;
+
+export async function signLeaf(issuer: LeafSigner, req: LeafRequest): Promise<SignedLeaf> {
   const serialHex = randomSerial();
   const notBefore = Math.floor((req.now - BACKDATE_MS) / 1000) * 1000;
   const notAfter = Math.floor((req.now + req.ttlMs) / 1000) * 1000;

@@ -38,6 +38,7 @@ const STATUS: Record<string, number> = {
   MCPMESH_UNSUPPORTED_MEDIA: 415,
   MCPMESH_TOO_LARGE: 413,
   MCPMESH_UPGRADE_REQUIRED: 426,
+  MCPMESH_CA_UNAVAILABLE: 503,
 };
 
 class BadRequestError extends MeshError {

@@ -33,6 +33,13 @@ function example(...lines: string[]): string {
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
+/** A whole number flag within [min, max]; the error names the flag. */
+function wholeNumber(text: string, flag: string, min: number, max: number): number {
+  const n = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(flag.replace(/^--/, ""), `"${text}" is not a whole number from ${min} to ${max}`);
+  return n;
+}
+
 function onSignals(stop: () => Promise<void> | void): void {
   let stopping = false;
   const handler = () => {
@@ -79,11 +86,19 @@ export function buildProgram(): Command {
     .requiredOption("--dir <dir>", "CA directory")
     .option("--listen <host:port>", "address to listen on (default: the host and port of the CA URL)")
     .option("--passphrase-file <file>", "read the key passphrase from this file (else MCPMESH_CA_PASSPHRASE)")
+    .option("--signing-threads <n>", "worker threads that check CSRs and sign certificates (0: on the main thread; default: cores − 1, 1 to 4)")
     .action(async (o) => {
       const log = createLogger({ name: "mcpmesh-ca" });
       const { Authority } = await import("../ca/authority.ts");
       const { startCaServer } = await import("../ca/server.ts");
-      const authority = await Authority.open({ dir: o.dir, passphrase: passphrase(o) });
+      const { defaultSigningThreads } = await import("../ca/signing-pool.ts");
+      const signingThreads = o.signingThreads === undefined ? defaultSigningThreads() : wholeNumber(o.signingThreads, "--signing-threads", 0, 64);
+      const authority = await Authority.open({
+        dir: o.dir,
+        passphrase: passphrase(o),
+        signingThreads,
+        onSigningFailure: (e) => log.error({ event: "signing_thread_failed", err: e.message }, "a CA signing thread stopped; it is replaced on the next request"),
+      });
       let srv;
       try {
         srv = await startCaServer({ authority, listen: o.listen, logger: log });
