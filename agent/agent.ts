@@ -185,6 +185,9 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     }
   }
   let state = buildState(config);
+  // Metrics only when there is an admin listener to read them (prom-client is loaded only then: `admin` needs a
+  // restart). Loaded before anything is opened, so a failed load leaves nothing to close.
+  const metricsModule = config.admin ? await import("./metrics.ts") : undefined;
   const { http: upstream, connector } = await upstreamOf(config, log);
   const closeUpstream = async () => {
     await connector.close().catch(() => {});
@@ -199,8 +202,6 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
   const peers = new WeakMap<TLSSocket, PeerIdentity>();
   const byIdentity = new Map<string, Set<TLSSocket>>();
   let connections = 0;
-  // Metrics only when there is an admin listener to read them (prom-client is loaded only then: `admin` needs a restart).
-  const metricsModule = config.admin ? await import("./metrics.ts") : undefined;
   const metrics = metricsModule
     ? new metricsModule.AgentMetrics({
         connections: () => connections,

@@ -111,18 +111,16 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
       cleanup();
       resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks));
     };
-    const onError = (e: Error) => {
-      cleanup();
-      reject(e);
-    };
-    const onClose = () => {
+    // A client gone mid-body shows as "error" (ECONNRESET "aborted", from Node's abortIncoming) before "close": it is
+    // the client's doing, so it is refused with a stable code rather than logged as an internal error.
+    const onGone = () => {
       cleanup();
       reject(new BadRequestError("MCPMESH_BAD_REQUEST", "body: the connection closed before the request body ended"));
     };
     const cleanup = () => {
-      req.off("data", onData).off("end", onEnd).off("error", onError).off("close", onClose);
+      req.off("data", onData).off("end", onEnd).off("error", onGone).off("close", onGone);
     };
-    req.on("data", onData).on("end", onEnd).on("error", onError).on("close", onClose);
+    req.on("data", onData).on("end", onEnd).on("error", onGone).on("close", onGone);
   });
 }
 

@@ -7,11 +7,22 @@ import type { Agent as UndiciAgent, Dispatcher } from "undici";
 
 // undici's package entry loads all of undici (fetch, WebSocket, EventSource, caches, mocks, interceptors, proxies):
 // ~7 MB of the agent's idle RSS for the one pool class and the one call used here. Those two are loaded alone, from
-// the files the entry itself re-exports (undici has no "exports" map); test/agent/undici-slim.test.ts checks that
-// they are still the very objects the entry exports, so an undici upgrade that moves them fails there, not here.
-const requireCjs = createRequire(import.meta.url);
-const Agent = requireCjs("undici/lib/dispatcher/agent.js") as typeof UndiciAgent;
-const request = requireCjs("undici/lib/api/api-request.js") as (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+// the files the entry itself re-exports (undici has no "exports" map). Those paths are not undici's public API and
+// package.json allows any 7.x: if they are gone or hold something else, the entry is loaded instead (the same
+// objects, more memory). test/agent/undici-slim.test.ts checks both the slim load and the fallback.
+type RequestFn = (this: Dispatcher, opts: Dispatcher.RequestOptions) => Promise<Dispatcher.ResponseData>;
+export function loadUndiciPool(load: (id: string) => unknown): { Agent: typeof UndiciAgent; request: RequestFn; slim: boolean } {
+  try {
+    const Agent = load("undici/lib/dispatcher/agent.js");
+    const request = load("undici/lib/api/api-request.js");
+    if (typeof Agent === "function" && typeof request === "function") return { Agent: Agent as typeof UndiciAgent, request: request as RequestFn, slim: true };
+  } catch {
+    // moved in this undici version: fall back to the entry below
+  }
+  const entry = load("undici") as { Agent: typeof UndiciAgent; Dispatcher: { prototype: { request: RequestFn } } };
+  return { Agent: entry.Agent, request: entry.Dispatcher.prototype.request, slim: false };
+}
+const { Agent, request } = loadUndiciPool(createRequire(import.meta.url));
 
 export interface UpstreamResponse {
   status: number;

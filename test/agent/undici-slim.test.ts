@@ -11,7 +11,7 @@ import { EventEmitter } from "node:events";
 import { execFileSync } from "node:child_process";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
-import { HttpUpstream } from "../../agent/upstream/http.ts";
+import { HttpUpstream, loadUndiciPool } from "../../agent/upstream/http.ts";
 
 const REPO = join(import.meta.dirname, "..", "..");
 const require = createRequire(import.meta.url);
@@ -20,6 +20,22 @@ test("the files loaded alone are the very objects undici's entry exports", () =>
   const entry = require("undici") as { Agent: unknown; Dispatcher: { prototype: { request: unknown } } };
   assert.equal(require("undici/lib/dispatcher/agent.js"), entry.Agent);
   assert.equal(require("undici/lib/api/api-request.js"), entry.Dispatcher.prototype.request);
+});
+
+test("an undici whose internal files moved or changed: the entry's Agent and request are used instead", () => {
+  const entry = require("undici") as { Agent: unknown; Dispatcher: { prototype: { request: unknown } } };
+  assert.equal(loadUndiciPool(require).slim, true, "the installed undici has the files");
+  const layouts: [string, (id: string) => unknown][] = [
+    ["files gone", (id) => (id === "undici" ? require(id) : (() => { throw Object.assign(new Error(`Cannot find module '${id}'`), { code: "MODULE_NOT_FOUND" }); })())],
+    ["a file now exports an object", (id) => (id === "undici/lib/dispatcher/agent.js" ? { Agent: entry.Agent } : require(id))],
+    ["the request file now exports an object", (id) => (id === "undici/lib/api/api-request.js" ? { request: entry.Dispatcher.prototype.request } : require(id))],
+  ];
+  for (const [name, load] of layouts) {
+    const got = loadUndiciPool(load);
+    assert.equal(got.slim, false, name);
+    assert.equal(got.Agent, entry.Agent, name);
+    assert.equal(got.request, entry.Dispatcher.prototype.request, name);
+  }
 });
 
 test("the agent's module graph loads undici's pool but not undici's entry (fetch, WebSocket, mocks, caches)", () => {
