@@ -40,8 +40,8 @@ export class CaExistsError extends MeshError {
   }
 }
 
-/** The CA cannot sign right now (a signing thread stopped, or the CA is shutting down); nothing was issued. */
-export class SignerUnavailableError extends MeshError {
+/** The CA cannot issue right now (a signing thread stopped, or the CA is shutting down); nothing was issued. HTTP 503. */
+export class CaUnavailableError extends MeshError {
   constructor(message: string, options?: { cause?: unknown }) {
     super("MCPMESH_CA_UNAVAILABLE", message, options);
   }

@@ -1,6 +1,6 @@
 import { Worker } from "node:worker_threads";
 import { availableParallelism } from "node:os";
-import { CsrRejectedError, SignerUnavailableError } from "./errors.ts";
+import { CsrRejectedError, CaUnavailableError } from "./errors.ts";
 import type { LeafRequest, LeafSigner, SignedLeaf } from "./profile.ts";
 import type { SignReply, SignTask } from "./signing-worker.ts";
 
@@ -23,7 +23,7 @@ interface Slot {
  * Worker threads that check CSRs and sign leaves (ca/signing-worker.ts), so that the CA's main thread spends its time
  * on TLS, HTTP and the store: per certificate the CSR's key import and signature check plus the leaf's DER and
  * signature are about half of the CA's CPU. Each thread gets the issuer's signing key once, at start. A thread that
- * dies fails its requests with SignerUnavailableError (HTTP 503, nothing issued) and is replaced on the next request.
+ * dies fails its requests with CaUnavailableError (HTTP 503, nothing issued) and is replaced on the next request.
  * Idle threads do not keep the process alive.
  */
 export class SigningPool {
@@ -56,7 +56,7 @@ export class SigningPool {
   }
 
   checkAndSign(csrPem: unknown, leaf: Omit<LeafRequest, "spki">): Promise<SignedLeaf> {
-    if (this.#closed) return Promise.reject(new SignerUnavailableError("the CA is shutting down; retry against a running CA"));
+    if (this.#closed) return Promise.reject(new CaUnavailableError("the CA is shutting down; retry against a running CA"));
     const slot = this.#pick();
     const id = ++this.#ids;
     return new Promise<SignedLeaf>((resolve, reject) => {
@@ -70,7 +70,7 @@ export class SigningPool {
     if (this.#closed) return;
     this.#closed = true;
     const slots = this.#slots.splice(0).filter((s): s is Slot => s !== undefined);
-    for (const s of slots) this.#fail(s, new SignerUnavailableError("the CA is shutting down; nothing was issued"));
+    for (const s of slots) this.#fail(s, new CaUnavailableError("the CA is shutting down; nothing was issued"));
     await Promise.all(slots.map((s) => s.worker.terminate()));
   }
 
@@ -88,7 +88,6 @@ export class SigningPool {
   #start(index: number): Slot {
     const worker = spawnWorker(this.#issuer);
     const slot: Slot = { worker, pending: new Map() };
-    worker.unref();
     worker.on("message", (r: SignReply) => {
       const p = slot.pending.get(r.id);
       if (!p) return;
@@ -96,7 +95,7 @@ export class SigningPool {
       if (slot.pending.size === 0) worker.unref();
       if ("ok" in r) p.resolve({ ...r.ok, der: Buffer.from(r.ok.der.buffer, r.ok.der.byteOffset, r.ok.der.byteLength) });
       else if ("rejected" in r) p.reject(new CsrRejectedError(r.rejected.code, r.rejected.message));
-      else p.reject(new SignerUnavailableError("the CA could not sign this request; retry", { cause: new Error(r.failed) }));
+      else p.reject(new CaUnavailableError("the CA could not sign this request; retry", { cause: new Error(r.failed) }));
     });
     let reason: Error | undefined;
     worker.on("error", (e) => (reason = e));
@@ -105,8 +104,10 @@ export class SigningPool {
       if (this.#closed) return;
       const e = reason ?? new Error(`signing thread exited with code ${code}`);
       this.#onFailure(e);
-      this.#fail(slot, new SignerUnavailableError("the CA's signing thread stopped; nothing was issued, retry", { cause: e }));
+      this.#fail(slot, new CaUnavailableError("the CA's signing thread stopped; nothing was issued, retry", { cause: e }));
     });
+    // After the listeners: adding a "message" listener refs the worker again.
+    worker.unref();
     return slot;
   }
 

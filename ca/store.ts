@@ -1,6 +1,7 @@
 import { chmodSync } from "node:fs";
 import Database from "better-sqlite3";
 import { StateError } from "../lib/errors.ts";
+import { CaUnavailableError } from "./errors.ts";
 
 export type CertKind = "client" | "agent" | "server";
 
@@ -134,7 +135,14 @@ export class CaStore {
     }
   }
 
+  /** Closes the database; commits still queued (group wait, issuances signing) fail with 503 semantics, unwritten. */
   close(): void {
+    if (this.#immediate) clearImmediate(this.#immediate);
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#immediate = this.#timer = null;
+    const queued = this.#pending;
+    this.#pending = [];
+    for (const p of queued) p.reject(shuttingDown());
     if (this.#db.open) this.#db.close();
   }
 
@@ -152,6 +160,7 @@ export class CaStore {
    * the whole group.
    */
   groupCommit<T>(fn: () => T): Promise<T> {
+    if (!this.#db.open) return Promise.reject(shuttingDown());
     return new Promise<T>((resolve, reject) => {
       this.#pending.push({ fn, resolve, reject });
       this.#schedule();
@@ -322,3 +331,5 @@ export class CaStore {
     this.#s(`INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`).run(key, value);
   }
 }
+
+const shuttingDown = () => new CaUnavailableError("the CA is shutting down; nothing was issued (retry against a running CA)");

@@ -80,3 +80,18 @@ test("an intent that never settles delays a commit only by the wait bound (no ha
   assert.equal(await store.groupCommit(() => "committed"), "committed");
   assert.equal(await store.intent().commit(() => "again"), "again");
 });
+
+test("closing the store with commits still queued: each fails as 'shutting down' (503), nothing is written, no stray error", async () => {
+  const file = join(tmpdir(cleanup.add), "ca.db");
+  const store = CaStore.open(file, { create: true, groupWaitMs: 600_000 });
+  const waiting = store.intent(); // holds the group open: the commit below stays queued
+  const queued = store.groupCommit(() => store.addEvent("closed.queued", {}));
+  store.close();
+  await assert.rejects(queued, { code: "MCPMESH_CA_UNAVAILABLE", message: /shutting down/ });
+  await assert.rejects(waiting.commit(() => store.addEvent("closed.late", {})), { code: "MCPMESH_CA_UNAVAILABLE" });
+  await assert.rejects(store.groupCommit(() => 1), { code: "MCPMESH_CA_UNAVAILABLE" });
+  // Nothing was written: the database holds no trace of either.
+  const again = CaStore.open(file);
+  cleanup.add(() => again.close());
+  assert.deepEqual(again.events().filter((e) => e.type.startsWith("closed.")), []);
+});
