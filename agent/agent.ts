@@ -556,9 +556,9 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
       log.error({ event: "reload_failed", trigger, reason: (e as Error).message }, "reload failed; keeping the current configuration, certificates and trust bundle");
       throw e;
     }
-    const fixed = (c: AgentConfig) => JSON.stringify([c.listen, c.upstream, c.ca ?? null, c.audit, c.pinning, c.revocation.feed, c.reload.watch]);
+    const fixed = (c: AgentConfig) => JSON.stringify([c.listen, c.upstream, c.ca ?? null, c.audit, c.pinning, c.revocation.feed, c.reload.watch, c.admin ?? null]);
     if (fixed(next.cfg) !== fixed(state.cfg)) {
-      log.warn({ event: "reload_partial", trigger }, "listen, upstream, ca, audit, pinning, revocation.feed and reload.watch changes take effect on restart only");
+      log.warn({ event: "reload_partial", trigger }, "listen, upstream, ca, audit, pinning, revocation.feed, reload.watch and admin changes take effect on restart only");
     }
     const identityChanged = next.identity.serial !== state.identity.serial;
     state = next;

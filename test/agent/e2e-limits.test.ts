@@ -6,7 +6,8 @@
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
+import { parse, stringify } from "yaml";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createMesh, type TestMesh } from "../helpers/mesh.ts";
@@ -235,4 +236,17 @@ test("the agent's real audit log verifies", async () => {
   assert.equal(r.ok, true, JSON.stringify(r.problem));
   assert.ok(r.records > 20);
   assert.ok(readFileSync(auditFile, "utf8").includes('"decision":"deny"'));
+});
+
+test("a reload that changes admin warns that it needs a restart; /metrics stays on the listener it had", async () => {
+  const cfg = parse(readFileSync(agent.configFile, "utf8"));
+  assert.equal(cfg.admin.listen, "127.0.0.1:0");
+  cfg.admin.listen = "127.0.0.1:1";
+  writeFileSync(agent.configFile, stringify(cfg));
+  agent.reload();
+  const line = await agent.waitForLog((l) => l.event === "reload_partial" || l.event === "reload_failed");
+  assert.equal(line.event, "reload_partial");
+  assert.match(line.msg, /admin changes take effect on restart only/);
+  await agent.waitForLog((l) => l.event === "reloaded");
+  assert.equal((await fetch(`${admin}/metrics`)).status, 200);
 });
