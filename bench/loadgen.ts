@@ -52,7 +52,7 @@ export function toolsCallBody(): string {
   return base("c".repeat(Math.max(1, pad)));
 }
 
-interface Response {
+export interface Response {
   status: number;
   headers: Map<string, string>;
   body: Buffer;
@@ -62,7 +62,7 @@ interface Response {
  * One HTTP/1.1 connection with one request in flight. The parser handles exactly what the targets send: a status
  * line, headers, and a body framed by Content-Length or chunked transfer coding.
  */
-class Conn {
+export class Conn {
   #buf: Buffer = Buffer.alloc(0);
   #waiting: { resolve: (r: Response) => void; reject: (e: Error) => void } | null = null;
   #closed: Error | null = null;
@@ -135,7 +135,7 @@ class Conn {
   }
 }
 
-function open(u: URL, tlsOpts: ConnectionOptions | undefined): Promise<Socket> {
+export function open(u: URL, tlsOpts: ConnectionOptions | undefined): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const port = Number(u.port);
     const s = tlsOpts
@@ -145,7 +145,7 @@ function open(u: URL, tlsOpts: ConnectionOptions | undefined): Promise<Socket> {
   });
 }
 
-function requestBytes(u: URL, method: string, path: string, headers: Record<string, string>, body?: string): Buffer {
+export function requestBytes(u: URL, method: string, path: string, headers: Record<string, string>, body?: string): Buffer {
   let h = `${method} ${path} HTTP/1.1\r\nhost: ${u.host}\r\n`;
   for (const [k, v] of Object.entries(headers)) h += `${k}: ${v}\r\n`;
   if (body !== undefined) h += `content-length: ${Buffer.byteLength(body)}\r\n`;
