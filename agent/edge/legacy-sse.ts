@@ -8,7 +8,8 @@ import type { AuditSink } from "../audit.ts";
 import type { LimitsConfig } from "../config.ts";
 import type { Logger } from "../../lib/log.ts";
 import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
-import { BodyTooLarge, checkMethodHeaders, readBody, sendJson } from "./streamable-http.ts";
+import { checkMethodHeaders, sendJson } from "./streamable-http.ts";
+import { BodyIncompleteError, BodyTooLargeError, readBody } from "../../lib/body.ts";
 import { formatSseEvent } from "./sse.ts";
 
 /** Options shared by the edges that work through a `SessionBridge`. */
@@ -143,7 +144,8 @@ export class LegacySseEdge {
     try {
       body = await readBody(req, this.#o.limits.maxBodyBytes);
     } catch (e) {
-      if (e instanceof BodyTooLarge) return sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
+      if (e instanceof BodyTooLargeError) return sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
+      if (e instanceof BodyIncompleteError) return void res.destroy(); // the client left mid-body: nothing was forwarded
       throw e;
     }
     const decoded = decodeMessage(body, this.#o.limits.maxMessageDepth);

@@ -2,7 +2,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { errorResponse, idKey, INVALID_REQUEST, RATE_LIMITED, SERVER_ERROR, SESSION_NOT_FOUND, type JsonRpcId, type JsonRpcMessage } from "../jsonrpc.ts";
 import type { Caller } from "../policy.ts";
 import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
-import { BodyTooLarge, checkMethodHeaders, readBody, sendJson } from "./streamable-http.ts";
+import { checkMethodHeaders, sendJson } from "./streamable-http.ts";
+import { BodyIncompleteError, BodyTooLargeError, readBody } from "../../lib/body.ts";
 import { formatSseEvent } from "./sse.ts";
 import { foreignOrigin, headerOf, type BridgeEdgeOptions } from "./legacy-sse.ts";
 
@@ -84,7 +85,8 @@ export class StreamableMessageEdge {
           res.writeHead(405, { allow: "GET, POST, DELETE" }).end();
       }
     } catch (e) {
-      if (e instanceof BodyTooLarge) return sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
+      if (e instanceof BodyTooLargeError) return sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
+      if (e instanceof BodyIncompleteError) return void res.destroy(); // the client left mid-body: nothing was forwarded
       this.#o.logger.warn({ event: "request_failed", identity: caller.id, reason: (e as Error).message }, "request failed");
       if (!res.headersSent) sendJson(res, 500, errorResponse(null, SERVER_ERROR, "Internal error"));
       else res.destroy();

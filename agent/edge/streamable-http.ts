@@ -8,6 +8,7 @@ import type { Caller } from "../policy.ts";
 import type { Tool } from "../pinning.ts";
 import type { HttpUpstream, UpstreamResponse } from "../upstream/http.ts";
 import { relaySse } from "./sse.ts";
+import { BodyIncompleteError, BodyTooLargeError, readBody } from "../../lib/body.ts";
 import type { Logger } from "../../lib/log.ts";
 import type { AuditSink } from "../audit.ts";
 import type { LimitsConfig } from "../config.ts";
@@ -30,8 +31,6 @@ export interface StreamableHttpEdgeOptions {
 /** Client headers that reach the upstream; everything else (Authorization, Cookie, ...) stays at the agent. */
 const FORWARDED_REQUEST_HEADERS = ["content-type", "accept", "mcp-protocol-version", "last-event-id"];
 const RELAYED_RESPONSE_HEADERS = ["content-type", "mcp-session-id", "cache-control", "retry-after", "www-authenticate"];
-
-export class BodyTooLarge extends Error {}
 
 /** How long a POST's SSE response headers may wait for the first event before they are sent alone. */
 const HEADER_HOLD_MS = 50;
@@ -117,27 +116,6 @@ const flushCoalesced = (w: CoalescedWrites): void => w.flush();
 /** One strict decoder for every body (it keeps no state between calls without `stream`). */
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(req.headers["content-length"] ?? "-1");
-  if (declared > limit) return Promise.reject(new BodyTooLarge());
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (c: Buffer) => {
-      size += c.length;
-      if (size > limit) {
-        req.removeAllListeners("data");
-        req.resume();
-        reject(new BodyTooLarge());
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on("end", () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
-    req.on("error", reject);
-  });
-}
-
 export function sendJson(res: ServerResponse, status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
   const data = JSON.stringify(body);
   res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(data), ...extraHeaders });
@@ -219,10 +197,11 @@ export class StreamableHttpEdge {
           res.writeHead(405, { allow: "GET, POST, DELETE" }).end();
       }
     } catch (e) {
-      if (e instanceof BodyTooLarge) {
+      if (e instanceof BodyTooLargeError) {
         sendJson(res, 413, errorResponse(null, INVALID_REQUEST, `Request body larger than ${this.#o.limits.maxBodyBytes} bytes`), { connection: "close" });
         return;
       }
+      if (e instanceof BodyIncompleteError) return void res.destroy(); // the client left mid-body: nothing was forwarded
       if (res.destroyed || !res.socket || res.socket.destroyed) return; // the client went away (its call was cancelled upstream too)
       const timedOut = (e as { cause?: { code?: string } }).cause?.code === "UND_ERR_HEADERS_TIMEOUT";
       this.#o.logger.warn({ event: "upstream_error", identity: caller.id, reason: (e as Error).message, timedOut }, "request failed");
