@@ -144,7 +144,17 @@ function ipBytes(ip: string): Buffer {
 /** What signing a leaf needs of the issuer (all of it can cross to a worker thread). */
 export type LeafSigner = Pick<Issuer, "signer" | "nameDer" | "akiExtension">;
 
-export async function signLeaf(issuer: LeafSigner, req: LeafRequest): Promise<SignedLeaf> {
+/**
+ * Where the signature work of `signLeaf` / `acceptCsr` runs. By default on libuv's threadpool, so the main thread
+ * (TLS, HTTP, the store) stays free; `inline` on the calling thread, for a signing thread (ca/signing-worker.ts),
+ * which is itself off the main thread: a second hop to the pool would only add cost (~15-20 µs of CPU and two
+ * cross-thread wake-ups per operation).
+ */
+export interface CryptoPlacement {
+  inline?: boolean;
+}
+
+export async function signLeaf(issuer: LeafSigner, req: LeafRequest, placement: CryptoPlacement = {}): Promise<SignedLeaf> {
   const serialHex = randomSerial();
   const notBefore = Math.floor((req.now - BACKDATE_MS) / 1000) * 1000;
   const notAfter = Math.floor((req.now + req.ttlMs) / 1000) * 1000;
@@ -168,7 +178,7 @@ export async function signLeaf(issuer: LeafSigner, req: LeafRequest): Promise<Si
       issuer.akiExtension,
     )),
   );
-  const signature = await signAsync("sha256", tbs, { key: issuer.signer, dsaEncoding: "der" });
+  const signature = placement.inline ? sign("sha256", tbs, { key: issuer.signer, dsaEncoding: "der" }) : await signAsync("sha256", tbs, { key: issuer.signer, dsaEncoding: "der" });
   const der = seq(tbs, SIG_ALG, bitString(signature));
   return { der, pem: derToPem(der), serial: normalizeSerial(serialHex), notBefore, notAfter };
 }
@@ -251,7 +261,7 @@ function publicKeyObject(spki: Buffer): KeyObject {
  * identity the CSR claims is ignored, the CA decides the names. The signature is checked by node:crypto over the
  * CertificationRequestInfo bytes exactly as received.
  */
-export async function acceptCsr(csrPem: unknown): Promise<Buffer> {
+export async function acceptCsr(csrPem: unknown, placement: CryptoPlacement = {}): Promise<Buffer> {
   if (typeof csrPem !== "string" || csrPem.length === 0) throw new CsrRejectedError("MCPMESH_BAD_CSR", "csr: missing (PEM-encoded PKCS#10 expected)");
   if (csrPem.length > 16_384) throw new CsrRejectedError("MCPMESH_BAD_CSR", "csr: too large");
   let csr: ParsedCsr;
@@ -281,7 +291,8 @@ export async function acceptCsr(csrPem: unknown): Promise<Buffer> {
   let valid = false;
   if (csr.alg.key === details.type) {
     try {
-      valid = await verifyAsync(csr.alg.hash, csr.info, details.type === "ec" ? { key, dsaEncoding: "der" } : key, csr.signature);
+      const keyInput = details.type === "ec" ? { key, dsaEncoding: "der" as const } : key;
+      valid = placement.inline ? verify(csr.alg.hash, csr.info, keyInput, csr.signature) : await verifyAsync(csr.alg.hash, csr.info, keyInput, csr.signature);
     } catch {
       valid = false;
     }

@@ -25,8 +25,9 @@ issuer.akiExtension = Buffer.from(issuer.akiExtension);
 parentPort!.on("message", (task: SignTask) => {
   void (async (): Promise<SignReply> => {
     try {
-      const spki = await acceptCsr(task.csrPem);
-      const cert = await signLeaf(issuer, { ...task.leaf, spki });
+      // Inline: this thread is the off-main-thread place; the libuv pool would add a hop each way.
+      const spki = await acceptCsr(task.csrPem, { inline: true });
+      const cert = await signLeaf(issuer, { ...task.leaf, spki }, { inline: true });
       return { id: task.id, ok: { der: cert.der, pem: cert.pem, serial: cert.serial, notBefore: cert.notBefore, notAfter: cert.notAfter } };
     } catch (e) {
       if (e instanceof CsrRejectedError) return { id: task.id, rejected: { code: e.code as "MCPMESH_BAD_CSR" | "MCPMESH_WEAK_KEY", message: e.message } };
