@@ -48,6 +48,16 @@ export function decodeMessage(data: Buffer | string, maxDepth: number): Decoded 
 }
 
 /** A message refused before any session or policy work, audited the way the Streamable HTTP edge audits it. */
+/**
+ * How many bytes a message edge (legacy SSE, WebSocket) may hold queued for one client that is not reading: 16 of the
+ * largest messages the agent accepts (16 MiB by default). These edges relay a message channel shared by the session's
+ * calls, so there is no one upstream stream to pause as the Streamable HTTP edge does; past this cap the session is
+ * ended instead, and the agent's memory stays bounded whatever the upstream sends.
+ */
+export function slowConsumerCap(limits: Pick<LimitsConfig, "maxBodyBytes">): number {
+  return 16 * limits.maxBodyBytes;
+}
+
 export function auditRefusal(audit: AuditSink, caller: Caller, transport: DownstreamKind, reason: string): void {
   audit.record({ identity: caller.id, session: null, method: "(unparsed)", decision: "deny", rule: null, reason, decisionUs: 0, transport });
 }

@@ -7,7 +7,7 @@ import type { UpstreamConnector } from "../upstream/connector.ts";
 import type { AuditSink } from "../audit.ts";
 import type { LimitsConfig } from "../config.ts";
 import type { Logger } from "../../lib/log.ts";
-import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
+import { auditRefusal, decodeMessage, SessionBridge, slowConsumerCap } from "../bridge.ts";
 import { checkMethodHeaders, sendJson } from "./streamable-http.ts";
 import { BodyIncompleteError, BodyTooLargeError, readBody } from "../../lib/body.ts";
 import { formatSseEvent } from "./sse.ts";
@@ -84,12 +84,21 @@ export class LegacySseEdge {
     if (req.method !== "GET") return void res.writeHead(405, { allow: "GET" }).end();
     if (this.#foreign(req, res, caller) || this.#coolingDown(res, caller)) return;
     let open = true;
+    const cap = slowConsumerCap(this.#o.limits);
     const bridge = SessionBridge.open({
       ...this.#o,
       caller,
       transport: "sse",
       deliver: (m: JsonRpcMessage | JsonRpcMessage[]) => {
-        if (open) res.write(formatSseEvent({ event: "message", data: JSON.stringify(m) }));
+        if (!open) return;
+        res.write(formatSseEvent({ event: "message", data: JSON.stringify(m) }));
+        if (res.writableLength > cap) {
+          // The client is not reading: end its session rather than hold an unbounded queue for it.
+          open = false;
+          this.#o.logger.warn({ event: "slow_consumer", identity: caller.id, transport: "sse", queuedBytes: res.writableLength, limitBytes: cap }, "client not reading its stream: session ended");
+          bridge!.close("client not reading its stream");
+          res.destroy();
+        }
       },
       onEnd: () => {
         this.#streams.delete(bridge!.id);

@@ -1,0 +1,89 @@
+/**
+ * End to end: a client of a message edge (legacy SSE here) that stops reading while the upstream keeps sending. These
+ * edges relay a message channel, not one stream the agent could pause, so the agent bounds what it holds for the
+ * client instead: past 16 × limits.maxBodyBytes queued, the session is ended with a `slow_consumer` warning, the
+ * client's connection is closed, the upstream's stream for that session is released, and the agent keeps serving.
+ * The upstream (test/helpers/flood-upstream.ts) pushes 8192 × 16 KB notifications on its standalone stream.
+ */
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { connect, type TLSSocket } from "node:tls";
+import type { AgentProcess } from "../helpers/agent-process.ts";
+import { startFloodAgent, type FloodUpstream } from "../helpers/flood-upstream.ts";
+import { Cleanups } from "../helpers/cli.ts";
+import { rawSession } from "../helpers/e2e.ts";
+import { createMeshFetch, type MeshFetch } from "../../identity/fetch.ts";
+import { loadIdentity } from "../../identity/store.ts";
+
+const CAP = 16 * 1_048_576; // 16 × the default limits.maxBodyBytes
+
+const cleanups = new Cleanups();
+let up: FloodUpstream;
+let agent: AgentProcess;
+let alice: string;
+let f: MeshFetch;
+
+before(async () => {
+  ({ up, agent, alice } = await startFloodAgent(cleanups, "slow-consumer"));
+  f = createMeshFetch(alice);
+  cleanups.add(() => f.close());
+});
+
+after(() => cleanups.run());
+
+/** Opens GET /sse on a raw mTLS socket, reads up to the endpoint event, then stops reading (the socket is paused). */
+function openUnreadSse(): Promise<{ sock: TLSSocket; messagePath: string; closed: Promise<void> }> {
+  const id = loadIdentity(alice);
+  const u = new URL(agent.url);
+  return new Promise((resolve, reject) => {
+    const sock = connect({ host: u.hostname, port: Number(u.port), cert: id.certPem, key: id.keyPem, ca: id.rootsPem, minVersion: "TLSv1.3", ALPNProtocols: ["http/1.1"] });
+    cleanups.add(() => void sock.destroy());
+    const closed = new Promise<void>((r) => sock.once("close", () => r()));
+    let text = "";
+    const onData = (d: Buffer) => {
+      text += d.toString("latin1");
+      const m = /event: endpoint\r?\ndata: (\S+)/.exec(text);
+      if (!m) return;
+      sock.off("data", onData);
+      sock.pause();
+      resolve({ sock, messagePath: m[1], closed });
+    };
+    sock.on("data", onData);
+    sock.once("error", reject);
+    sock.once("secureConnect", () => sock.write(`GET /sse HTTP/1.1\r\nhost: ${u.host}\r\naccept: text/event-stream\r\n\r\n`));
+  });
+}
+
+test("a legacy SSE client that stops reading has its session ended at the cap; the upstream stream is released; others are served", { timeout: 180_000 }, async () => {
+  const from = agent.logs().length;
+  const { sock, messagePath, closed } = await openUnreadSse();
+  const messageUrl = new URL(messagePath, agent.url).href;
+  const post = (body: unknown) => f(messageUrl, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  assert.equal((await post({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2024-11-05", capabilities: {}, clientInfo: { name: "slow", version: "1" } } })).status, 202);
+  assert.equal((await post({ jsonrpc: "2.0", method: "notifications/initialized" })).status, 202);
+
+  // The upstream now floods the session's standalone stream; the client reads nothing.
+  const warned = await agent.waitForLog((l) => l.event === "slow_consumer", 120_000);
+  assert.equal(warned.identity, "spiffe://example.org/team-a/alice");
+  assert.equal(warned.transport, "sse");
+  assert.equal(warned.limitBytes, CAP);
+  assert.ok(warned.queuedBytes > CAP && warned.queuedBytes < CAP + 256 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${CAP})`);
+  assert.equal(agent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
+
+  // The agent released the upstream's stream for that session before the upstream finished writing it.
+  const deadline = Date.now() + 60_000;
+  while (up.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(up.open(), 0, "the upstream's stream is still held open for a session that ended");
+  assert.equal(up.finished, false, "the upstream wrote its whole stream: the agent kept taking it after the cap");
+
+  // The client's connection is closed (seen once it reads again), and its session is gone.
+  sock.resume();
+  await closed;
+  const gone = await post({ jsonrpc: "2.0", id: 2, method: "ping" });
+  assert.equal(gone.status, 404, "the ended session still accepts messages");
+
+  // Everyone else is still served.
+  const s = await rawSession(f, agent.url, "2025-06-18");
+  const pong = await s.post({ jsonrpc: "2.0", id: 3, method: "ping" });
+  assert.ok(pong.status < 300, `a new session after the slow consumer: HTTP ${pong.status}`);
+});
