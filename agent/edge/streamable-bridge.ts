@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { errorResponse, idKey, INVALID_REQUEST, RATE_LIMITED, SERVER_ERROR, SESSION_NOT_FOUND, type JsonRpcId, type JsonRpcMessage } from "../jsonrpc.ts";
 import type { Caller } from "../policy.ts";
-import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
+import { auditRefusal, decodeMessage, SessionBridge, slowConsumerCap } from "../bridge.ts";
 import { checkMethodHeaders, sendJson } from "./streamable-http.ts";
 import { BodyIncompleteError, BodyTooLargeError, readBody } from "../../lib/body.ts";
 import { formatSseEvent } from "./sse.ts";
@@ -61,6 +61,11 @@ export class StreamableMessageEdge {
 
   update(opts: Partial<Pick<BridgeEdgeOptions, "limits">>): void {
     this.#o = { ...this.#o, ...opts };
+  }
+
+  /** Bytes one client stream may hold queued (from the current limits: a reload applies). */
+  get #cap(): number {
+    return slowConsumerCap(this.#o.limits);
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, caller: Caller): Promise<void> {
@@ -196,8 +201,9 @@ export class StreamableMessageEdge {
   #route(conn: Conn, m: JsonRpcMessage | JsonRpcMessage[]): void {
     const chunk = formatSseEvent({ event: "message", data: JSON.stringify(m) });
     const write = (p: Post) => {
-      if (p.started) p.res.write(chunk);
-      else p.buffered.push(chunk);
+      if (!p.started) return void p.buffered.push(chunk);
+      p.res.write(chunk);
+      this.#bounded(conn, p.res);
     };
     const answers = (Array.isArray(m) ? m : [m]).filter((x) => !("method" in x) && (typeof (x as any).id === "string" || typeof (x as any).id === "number"));
     if (answers.length > 0) {
@@ -219,11 +225,26 @@ export class StreamableMessageEdge {
         if (p.tokens.has(token)) return write(p);
       }
     }
-    if (conn.get) return void conn.get.write(chunk);
+    if (conn.get) {
+      conn.get.write(chunk);
+      return this.#bounded(conn, conn.get);
+    }
     const open = [...conn.posts].reverse().find((p) => p.pending.size > 0);
     if (open) return write(open);
     if (conn.queue.length >= MAX_QUEUED) conn.queue.shift();
     conn.queue.push(chunk);
+  }
+
+  /**
+   * A client that stops reading one of its session's streams: past `slowConsumerCap` queued, the session is ended
+   * (its streams closed) instead of the agent queueing without bound. The streams relay one message channel, so there
+   * is no single upstream response to pause as the direct Streamable HTTP edge does.
+   */
+  #bounded(conn: Conn, res: ServerResponse): void {
+    if (res.writableLength <= this.#cap || conn.bridge.ended) return;
+        this.#o.logger.warn({ event: "slow_consumer", identity: conn.bridge.session.owner, transport: "streamable-http", queuedBytes: res.writableLength, limitBytes: this.#cap }, "client not reading its stream: session ended");
+    conn.bridge.close("client not reading its stream");
+    res.destroy();
   }
 
   #get(req: IncomingMessage, res: ServerResponse, caller: Caller): void {

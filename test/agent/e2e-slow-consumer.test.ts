@@ -3,7 +3,9 @@
  * edges relay a message channel, not one stream the agent could pause, so the agent bounds what it holds for the
  * client instead: past 16 × limits.maxBodyBytes queued, the session is ended with a `slow_consumer` warning, the
  * client's connection is closed, the upstream's stream for that session is released, and the agent keeps serving.
- * The upstream (test/helpers/flood-upstream.ts) pushes 8192 × 16 KB notifications on its standalone stream.
+ * First the legacy SSE edge in front of a Streamable HTTP upstream (test/helpers/flood-upstream.ts: 8192 × 16 KB
+ * notifications on its standalone stream); then the Streamable HTTP edge in front of a stdio upstream (the agent's
+ * message bridge), whose `notify-flood` tool sends 4000 × 16 KB logging notifications to the session's GET stream.
  */
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -14,6 +16,10 @@ import { Cleanups } from "../helpers/cli.ts";
 import { rawSession } from "../helpers/e2e.ts";
 import { createMeshFetch, type MeshFetch } from "../../identity/fetch.ts";
 import { loadIdentity } from "../../identity/store.ts";
+import { createMesh } from "../helpers/mesh.ts";
+import { startAgentProcess } from "../helpers/agent-process.ts";
+import { stdioServerCommand } from "../helpers/stdio-server.ts";
+import { call } from "../helpers/e2e.ts";
 
 const CAP = 16 * 1_048_576; // 16 × the default limits.maxBodyBytes
 
@@ -86,4 +92,64 @@ test("a legacy SSE client that stops reading has its session ended at the cap; t
   const s = await rawSession(f, agent.url, "2025-06-18");
   const pong = await s.post({ jsonrpc: "2.0", id: 3, method: "ping" });
   assert.ok(pong.status < 300, `a new session after the slow consumer: HTTP ${pong.status}`);
+});
+
+test("a Streamable HTTP client of a stdio upstream that stops reading its GET stream has its session ended at the cap", { timeout: 180_000 }, async () => {
+  const mesh = await createMesh();
+  cleanups.add(() => mesh.close());
+  const agentDir = await mesh.issue("agents/slow-stdio", { kind: "agent" });
+  const bobDir = await mesh.issue("team-a/bob");
+  const stdioAgent = await startAgentProcess(mesh.dir, {
+    listen: "127.0.0.1:0",
+    identity: agentDir,
+    upstream: { command: stdioServerCommand() },
+    limits: { maxBodyBytes: 262_144 },
+    rules: [{ clients: ["spiffe://example.org/team-a/*"], tools: ["*"] }],
+    pinning: { file: `${mesh.dir}/pins-slow-stdio.json` },
+  });
+  cleanups.add(() => stdioAgent.stop());
+  const cap = 16 * 262_144;
+  const fb = createMeshFetch(bobDir);
+  cleanups.add(() => fb.close());
+  const s = await rawSession(fb, stdioAgent.url, "2025-06-18");
+  assert.equal((await s.post({ jsonrpc: "2.0", id: 1, method: "tools/list", params: {} })).status, 200);
+
+  // The GET stream, on a raw socket that stops reading once the response headers are in.
+  const id = loadIdentity(bobDir);
+  const u = new URL(stdioAgent.url);
+  const sock = connect({ host: u.hostname, port: Number(u.port), cert: id.certPem, key: id.keyPem, ca: id.rootsPem, minVersion: "TLSv1.3", ALPNProtocols: ["http/1.1"] });
+  cleanups.add(() => void sock.destroy());
+  const closed = new Promise<void>((r) => sock.once("close", () => r()));
+  await new Promise<void>((resolve, reject) => {
+    let head = "";
+    const onData = (d: Buffer) => {
+      head += d.toString("latin1");
+      if (!head.includes("\r\n\r\n")) return;
+      sock.off("data", onData);
+      sock.pause();
+      assert.match(head, /^HTTP\/1\.1 200/);
+      resolve();
+    };
+    sock.on("data", onData);
+    sock.once("error", reject);
+    sock.once("secureConnect", () => sock.write(`GET ${u.pathname} HTTP/1.1\r\nhost: ${u.host}\r\naccept: text/event-stream\r\nmcp-session-id: ${s.sid}\r\nmcp-protocol-version: ${s.version}\r\n\r\n`));
+  });
+
+  const from = stdioAgent.logs().length;
+  const flood = s.post(call("notify-flood", { count: 4000, bytes: 16_384 })).catch((e: Error) => e);
+  const warned = await stdioAgent.waitForLog((l) => l.event === "slow_consumer", 120_000);
+  assert.equal(warned.identity, "spiffe://example.org/team-a/bob");
+  assert.equal(warned.transport, "streamable-http");
+  assert.equal(warned.limitBytes, cap);
+  assert.ok(warned.queuedBytes > cap && warned.queuedBytes < cap + 64 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${cap})`);
+  await flood; // the call's own stream ends with the session
+  assert.equal(stdioAgent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
+
+  sock.resume();
+  await closed;
+  assert.equal((await s.post({ jsonrpc: "2.0", id: 3, method: "ping" })).status, 404, "the ended session still accepts messages");
+  const again = await rawSession(fb, stdioAgent.url, "2025-06-18");
+  const echo = await again.post(call("echo", { text: "still served" }));
+  assert.equal(echo.status, 200);
+  assert.match(JSON.stringify(echo.messages), /still served/);
 });

@@ -9,6 +9,8 @@
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
  * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
  * - `stop-reading`: answers, then stops reading stdin (a stuck server).
+ * - `notify-flood {count, bytes}`: sends that many logging notifications of `bytes` "x" each (waiting for stdout's
+ *   drain, as the SDK does), then answers how many it sent; stops early, answering, if stdout breaks.
  * - `sample {prompt}`: sends the client a sampling request (sampling/createMessage) and returns its text.
  * - `release-held`, `change-description {tool, description}`: what startMcpServer offers as methods, as tools here.
  *
@@ -103,6 +105,17 @@ async function main(): Promise<void> {
     async ({ bytes }) => {
       process.stdout.write("x".repeat(bytes));
       return { content: [{ type: "text", text: "flooded" }] };
+    });
+  server.registerTool("notify-flood", { description: "Sends many large logging notifications", inputSchema: { count: z.number().int().min(1).max(100_000), bytes: z.number().int().min(1).max(1_000_000) } },
+    async ({ count, bytes }) => {
+      const data = "x".repeat(bytes);
+      let sent = 0;
+      try {
+        for (; sent < count; sent++) await server.server.sendLoggingMessage({ level: "info", data: { seq: sent, data } });
+      } catch {
+        // stdout closed: the agent ended the session
+      }
+      return { content: [{ type: "text", text: `sent ${sent}` }] };
     });
   server.registerTool("stop-reading", { description: "Stops reading stdin (after answering)", inputSchema: {} },
     async () => {
