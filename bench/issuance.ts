@@ -293,7 +293,7 @@ export async function run(opts: { quick?: boolean } = {}): Promise<{ title: stri
       `\`mcpmesh ca serve\` (one process) and a separate load-generator process, ${connections} requests in flight, ${reps} repetition(s), min–max shown. ` +
         `ECDSA P-256 leaves from the DER template; CSRs checked and leaves signed with node:crypto ${signingThreads === 0 ? "on the main thread's libuv pool" : `on ${signingThreads < 0 ? "the default number of" : signingThreads} signing thread(s) (\`--signing-threads\`)`}; SQLite WAL synchronous=FULL with group commit. ` +
         "CA CPU is the whole process (all threads); the main thread (TLS, HTTP, JSON, SQLite) is what one `ca serve` cannot spread over cores. " +
-        "The load generator (Node's https client) shares the same cores: what it spends per certificate is not available to the CA.",
+        "The load generator (raw TLS sockets, prebuilt requests, bench/loadgen.ts's HTTP/1.1 parser) shares the same cores: what it spends per certificate is not available to the CA.",
       "",
       "| " + header.join(" | ") + " |",
       "| " + header.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ") + " |",
