@@ -1,7 +1,7 @@
 /**
  * Issue 9 (idle RSS): the real `mcpmesh agent run`, with a CA (CRL loaded and checked, renewal scheduled) and mTLS
  * clients served, never loads @peculiar/x509 or what it drags in (reflect-metadata, tsyringe): SVIDs, CRLs and CSRs
- * go through the @peculiar/asn1-* layer. `ws` is loaded by the first WebSocket upgrade, not before; two concurrent
+ * go through the @peculiar/asn1-* layer; nor better-sqlite3 (the CA's store). `ws` is loaded by the first WebSocket upgrade, not before; two concurrent
  * first upgrades are both served. The module list comes from a preload that dumps `require.cache` on SIGUSR2.
  */
 import { test, after } from "node:test";
@@ -20,7 +20,8 @@ const PRELOAD = join(import.meta.dirname, "..", "helpers", "module-list-preload.
 const cleanups = new Cleanups();
 after(() => cleanups.run());
 
-const HEAVY = ["/node_modules/@peculiar/x509/", "/node_modules/reflect-metadata/", "/node_modules/tsyringe/"];
+// better-sqlite3 is the CA's store; the CLI imports ca/admin.ts only for the `ca` commands that need it.
+const HEAVY = ["/node_modules/@peculiar/x509/", "/node_modules/reflect-metadata/", "/node_modules/tsyringe/", "/node_modules/better-sqlite3/"];
 const has = (mods: string[], part: string) => mods.some((m) => m.includes(part));
 
 /** Asks the process for its module list and waits for the file (SIGUSR2 handling is asynchronous). */
@@ -34,7 +35,7 @@ async function modulesOf(pid: number, file: string): Promise<string[]> {
 test("the preload sees a CommonJS package imported from ESM (a check that can fail)", () => {
   const file = join(import.meta.dirname, `.modules-${process.pid}.json`);
   cleanups.add(() => rmSync(file, { force: true }));
-  const r = spawnSync(process.execPath, ["--import", "tsx", "--import", PRELOAD, "-e", 'await import("./lib/peculiar.ts"); await import("ws");', "--input-type=module"], {
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--import", PRELOAD, "-e", 'await import("./lib/peculiar.ts"); await import("ws"); await import("better-sqlite3");', "--input-type=module"], {
     cwd: join(import.meta.dirname, "..", ".."),
     env: { ...process.env, MCPMESH_TEST_MODULE_LIST: file },
     encoding: "utf8",
