@@ -1,5 +1,6 @@
 import { EventEmitter } from "node:events";
-import { WebSocket } from "ws";
+import type { WebSocket } from "ws";
+import { loadWs } from "../lib/lazy-ws.ts";
 import { silentLogger, type Logger } from "../lib/log.ts";
 
 /** A revocation as the CA pushes it (see ca/watch.ts). */
@@ -44,6 +45,8 @@ export class RevocationFeedClient extends EventEmitter {
   #failures = 0;
   #stopped = true;
   #connected = false;
+  /** Bumped by every connect attempt, reconnect() and stop(): an attempt still waiting for `ws` knows it is stale. */
+  #attempt = 0;
 
   constructor(opts: FeedClientOptions) {
     super();
@@ -62,6 +65,7 @@ export class RevocationFeedClient extends EventEmitter {
 
   stop(): void {
     this.#stopped = true;
+    this.#attempt++;
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#idle) clearTimeout(this.#idle);
     this.#timer = this.#idle = null;
@@ -88,6 +92,19 @@ export class RevocationFeedClient extends EventEmitter {
 
   #connect(): void {
     if (this.#stopped) return;
+    // `ws` is imported on the first connection (lib/lazy-ws.ts); an agent without a feed never loads it.
+    const attempt = ++this.#attempt;
+    loadWs().then(
+      ({ WebSocket }) => {
+        if (!this.#stopped && attempt === this.#attempt) this.#open(WebSocket);
+      },
+      (e: unknown) => {
+        if (!this.#stopped && attempt === this.#attempt) this.#retry(`the WebSocket library could not be loaded: ${(e as Error).message}`);
+      },
+    );
+  }
+
+  #open(WebSocket: typeof import("ws").WebSocket): void {
     let creds: FeedCredentials;
     try {
       creds = this.#o.credentials();

@@ -10,7 +10,19 @@
  */
 import { X509Certificate as NodeX509, verify as cryptoVerify, constants as cryptoConstants, type KeyObject } from "node:crypto";
 import { MeshError } from "../lib/errors.ts";
-import { x509, normalizeSerial, pemToDer, splitPemCertificates } from "../lib/x509.ts";
+import { normalizeSerial, pemToDer, splitPemCertificates } from "../lib/x509.ts";
+import {
+  distinguishedName,
+  KeyUsageFlags,
+  parseCertificate,
+  parseCertificateList,
+  readCrlEntryExtensions,
+  readExtensions,
+  serialHex,
+  signatureAlgorithm,
+  type asn,
+  type ParsedExtension,
+} from "../lib/x509-asn1.ts";
 
 export class CrlError extends MeshError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -134,8 +146,8 @@ function hashName(alg: { hash?: { name?: string } | string }): string {
   }
 }
 
-function verifySignature(crl: x509.X509Crl, parts: CrlParts, key: KeyObject): boolean {
-  const alg = crl.signatureAlgorithm as unknown as { name: string; hash?: { name: string }; saltLength?: number };
+function verifySignature(crl: asn.CertificateList, parts: CrlParts, key: KeyObject): boolean {
+  const alg = signatureAlgorithm(crl.signatureAlgorithm);
   const type = key.asymmetricKeyType;
   try {
     switch (alg.name) {
@@ -174,20 +186,22 @@ interface IssuerCandidate {
 function loadIssuers(issuers: readonly string[]): IssuerCandidate[] {
   const out: IssuerCandidate[] = [];
   for (const pem of issuers.flatMap((p) => splitPemCertificates(p))) {
-    let cert: x509.X509Certificate;
+    let cert: asn.Certificate;
     let key: KeyObject;
     try {
-      cert = new x509.X509Certificate(new Uint8Array(pemToDer(pem)));
+      cert = parseCertificate(new Uint8Array(pemToDer(pem)));
       key = new NodeX509(pem).publicKey;
     } catch (e) {
       throw new CrlError("an issuer certificate given for CRL verification does not parse", { cause: e });
     }
-    const basic = cert.getExtension(x509.BasicConstraintsExtension);
-    const ku = cert.getExtension(x509.KeyUsagesExtension);
+    // As before the split from @peculiar/x509: a malformed extension here throws as it is, the first of a type counts.
+    const extensions = readExtensions(cert.tbsCertificate.extensions);
+    const basic = extensions.find((e) => e.basicConstraints)?.basicConstraints;
+    const ku = extensions.find((e) => e.keyUsage !== undefined)?.keyUsage;
     let why = "";
     if (!basic?.ca) why = "it is not a CA certificate";
-    else if (ku && !(ku.usages & x509.KeyUsageFlags.cRLSign)) why = "its keyUsage lacks cRLSign";
-    out.push({ subject: cert.subject, key, canSignCrl: why === "", why });
+    else if (ku !== undefined && !(ku & KeyUsageFlags.cRLSign)) why = "its keyUsage lacks cRLSign";
+    out.push({ subject: distinguishedName(cert.tbsCertificate.subject), key, canSignCrl: why === "", why });
   }
   if (out.length === 0) throw new CrlError("no issuer certificates were given to verify the CRL against");
   return out;
@@ -198,11 +212,11 @@ function parseAndVerify(input: CrlInput, issuers: readonly string[], opts: CrlLo
   const skew = opts.maxClockSkewMs ?? DEFAULT_SKEW_MS;
   const der = toDer(input);
 
-  let crl: x509.X509Crl;
+  let crl: asn.CertificateList;
   let parts: CrlParts;
   try {
     parts = splitCrl(der);
-    crl = new x509.X509Crl(new Uint8Array(der));
+    crl = parseCertificateList(new Uint8Array(der));
   } catch (e) {
     throw new CrlError(`CRL does not parse: ${(e as Error).message}`, { cause: e });
   }
@@ -210,7 +224,7 @@ function parseAndVerify(input: CrlInput, issuers: readonly string[], opts: CrlLo
     throw new CrlError("CRL signature algorithm differs between tbsCertList and CertificateList");
   }
 
-  const issuer = crl.issuer;
+  const issuer = distinguishedName(crl.tbsCertList.issuer);
   const candidates = loadIssuers(issuers).filter((c) => c.subject === issuer);
   if (candidates.length === 0) throw new CrlError(`CRL issuer "${issuer}" is not in the trust bundle`);
   const signer = candidates.find((c) => c.canSignCrl && verifySignature(crl, parts, c.key));
@@ -222,13 +236,16 @@ function parseAndVerify(input: CrlInput, issuers: readonly string[], opts: CrlLo
 
   let thisUpdate: number;
   let nextUpdate: Date | undefined;
-  let extensions: x509.Extension[];
-  let entries: readonly x509.X509CrlEntry[];
+  let extensions: ParsedExtension[];
+  let entries: readonly asn.RevokedCertificate[];
   try {
-    thisUpdate = crl.thisUpdate.getTime();
-    nextUpdate = crl.nextUpdate;
-    extensions = crl.extensions;
-    entries = crl.entries;
+    const tbs = crl.tbsCertList;
+    const thisUpdateDate = tbs.thisUpdate.getTime();
+    if (!thisUpdateDate) throw new Error("Cannot get 'thisUpdate' value");
+    thisUpdate = thisUpdateDate.getTime();
+    nextUpdate = tbs.nextUpdate?.getTime() || undefined;
+    extensions = readExtensions(tbs.crlExtensions);
+    entries = tbs.revokedCertificates ?? [];
   } catch (e) {
     throw new CrlError(`CRL contents do not parse: ${(e as Error).message}`, { cause: e });
   }
@@ -251,9 +268,9 @@ function parseAndVerify(input: CrlInput, issuers: readonly string[], opts: CrlLo
   const serials = new Set<string>();
   for (const entry of entries) {
     // Critical entry extensions (certificateIssuer of an indirect CRL) would change whose serial this is.
-    const critical = entry.extensions.find((x) => x.critical);
+    const critical = readCrlEntryExtensions(entry.crlEntryExtensions).find((x) => x.critical);
     if (critical) throw new CrlError(`CRL of "${issuer}" has an entry with a critical extension ${critical.type}`);
-    serials.add(normalizeSerial(entry.serialNumber));
+    serials.add(normalizeSerial(serialHex(entry.userCertificate)));
   }
 
   return {

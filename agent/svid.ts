@@ -4,7 +4,8 @@
  * weak keys as client leaves. Everything the mesh requires beyond a valid chain is decided here, from the DER itself.
  */
 import { X509Certificate as NodeX509, type KeyObject } from "node:crypto";
-import { x509, normalizeSerial } from "../lib/x509.ts";
+import { normalizeSerial } from "../lib/x509.ts";
+import { distinguishedName, KeyUsageFlags, parseCertificate, readExtensions, serialHex, validityTime, type asn, type ParsedExtension } from "../lib/x509-asn1.ts";
 import { parseSpiffeId } from "../lib/spiffe.ts";
 
 export type SvidPurpose = "client" | "server";
@@ -110,20 +111,20 @@ function checkKey(key: KeyObject): SvidRejected | null {
 export function checkPeerSvid(leaf: Uint8Array, opts: CheckPeerSvidOptions): SvidCheckResult {
   const now = opts.now ?? Date.now();
 
-  let cert: x509.X509Certificate;
+  let cert: asn.Certificate;
   let publicKey: KeyObject;
   try {
     const der = new Uint8Array(leaf);
-    cert = new x509.X509Certificate(der);
+    cert = parseCertificate(der);
     // The same bytes through OpenSSL as well: what TLS accepted must parse in both, and Node gives key details.
     publicKey = new NodeX509(der).publicKey;
   } catch (e) {
     return reject("malformed_certificate", `certificate does not parse: ${(e as Error).message}`);
   }
 
-  let extensions: x509.Extension[];
+  let extensions: ParsedExtension[];
   try {
-    extensions = cert.extensions;
+    extensions = readExtensions(cert.tbsCertificate.extensions);
   } catch (e) {
     return reject("malformed_certificate", `extensions do not parse: ${(e as Error).message}`);
   }
@@ -134,37 +135,30 @@ export function checkPeerSvid(leaf: Uint8Array, opts: CheckPeerSvidOptions): Svi
     seen.add(ext.type);
   }
 
-  const notBefore = cert.notBefore.getTime();
-  const notAfter = cert.notAfter.getTime();
+  const validity = cert.tbsCertificate.validity;
+  const notBeforeDate = validityTime(validity.notBefore, "notBefore");
+  const notAfterDate = validityTime(validity.notAfter, "notAfter");
+  const notBefore = notBeforeDate.getTime();
+  const notAfter = notAfterDate.getTime();
   if (now < notBefore) {
-    return reject("not_yet_valid", `certificate is valid from ${cert.notBefore.toISOString()}, now is ${new Date(now).toISOString()}`);
+    return reject("not_yet_valid", `certificate is valid from ${notBeforeDate.toISOString()}, now is ${new Date(now).toISOString()}`);
   }
   if (now > notAfter) {
-    return reject("expired", `certificate expired at ${cert.notAfter.toISOString()}, now is ${new Date(now).toISOString()}`);
+    return reject("expired", `certificate expired at ${notAfterDate.toISOString()}, now is ${new Date(now).toISOString()}`);
   }
 
-  let basic: x509.BasicConstraintsExtension | null;
-  let keyUsage: x509.KeyUsagesExtension | null;
-  let eku: x509.ExtendedKeyUsageExtension | null;
-  let san: x509.SubjectAlternativeNameExtension | null;
-  try {
-    basic = cert.getExtension(x509.BasicConstraintsExtension);
-    keyUsage = cert.getExtension(x509.KeyUsagesExtension);
-    eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
-    san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-    // getExtension matches by class; make sure each one found really is the extension we think it is.
-    for (const [ext, oid] of [[basic, OID_BASIC_CONSTRAINTS], [keyUsage, OID_KEY_USAGE], [eku, OID_EKU], [san, OID_SAN]] as const) {
-      if (ext && ext.type !== oid) throw new Error(`extension ${ext.type} found where ${oid} was expected`);
-    }
-  } catch (e) {
-    return reject("malformed_certificate", `extension does not parse: ${(e as Error).message}`);
-  }
+  // Extensions are unique by now, so each lookup finds the only one of its type.
+  const byType = (oid: string): ParsedExtension | undefined => extensions.find((e) => e.type === oid);
+  const basic = byType(OID_BASIC_CONSTRAINTS)?.basicConstraints;
+  const keyUsage = byType(OID_KEY_USAGE)?.keyUsage;
+  const eku = byType(OID_EKU)?.extKeyUsage;
+  const san = byType(OID_SAN)?.subjectAltNames;
 
   if (basic?.ca) return reject("ca_certificate", "basicConstraints CA:TRUE; a CA certificate is not an identity");
 
-  if (keyUsage) {
-    const u = keyUsage.usages;
-    const F = x509.KeyUsageFlags;
+  if (keyUsage !== undefined) {
+    const u = keyUsage;
+    const F = KeyUsageFlags;
     if (u & (F.keyCertSign | F.cRLSign)) {
       const which = [u & F.keyCertSign ? "keyCertSign" : "", u & F.cRLSign ? "cRLSign" : ""].filter(Boolean).join(", ");
       return reject("bad_key_usage", `keyUsage contains ${which}, which only a CA may have`);
@@ -174,7 +168,7 @@ export function checkPeerSvid(leaf: Uint8Array, opts: CheckPeerSvidOptions): Svi
 
   if (!eku) return reject("missing_eku", "no extendedKeyUsage extension; the mesh requires an explicit clientAuth/serverAuth");
   const wanted = opts.purpose === "client" ? OID_CLIENT_AUTH : OID_SERVER_AUTH;
-  const usages = eku.usages.map(String);
+  const usages = eku;
   if (!usages.includes(wanted)) {
     // anyExtendedKeyUsage is deliberately not honoured: the mesh CA never issues it, so it signals a foreign profile.
     const label = opts.purpose === "client" ? "clientAuth" : "serverAuth";
@@ -186,7 +180,7 @@ export function checkPeerSvid(leaf: Uint8Array, opts: CheckPeerSvidOptions): Svi
   if (keyProblem) return keyProblem;
 
   // The identity comes from the DER SAN only; the subject CN is never consulted.
-  const names = san ? san.names.items : [];
+  const names = san ?? [];
   const uris = names.filter((n) => n.type === "url").map((n) => n.value);
   if (uris.length === 0) {
     const others = names.map((n) => `${n.type}:${n.value}`);
@@ -205,10 +199,10 @@ export function checkPeerSvid(leaf: Uint8Array, opts: CheckPeerSvidOptions): Svi
     id: id.uri,
     trustDomain: id.trustDomain,
     path: id.path,
-    serial: normalizeSerial(cert.serialNumber),
+    serial: normalizeSerial(serialHex(cert.tbsCertificate.serialNumber)),
     notBefore,
     notAfter,
-    issuer: cert.issuer,
+    issuer: distinguishedName(cert.tbsCertificate.issuer),
   };
 }
 

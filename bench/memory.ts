@@ -357,7 +357,7 @@ export async function run(opts: { quick?: boolean; idleOnly?: boolean } = {}): P
     if (samples.agent && samples.tls && !idleOnly) {
       notes.push(`An idle mTLS connection costs ${fmt(mean("tls"))} KB in a bare Node TLS server with the agent's TLS options (its TLS socket and OpenSSL's per-connection state, the peer's certificate chain included)${samples.https ? `, ${fmt(mean("https"))} KB with Node's HTTP server on top` : ""}; the agent's own share is the rest of its ${fmt(mean("agent"))} KB. A target below the bare TLS row is out of reach for a Node.js agent.`);
     }
-    if (floorRows.length > 1) notes.push("Idle RSS is mostly code: the agent's own modules and the libraries it is built on (the X.509 library, ajv, undici's pool, ws, pino, yaml; prom-client only with an admin listener) loaded into Node.js, before any listener or connection exists; the agent's running state is the difference between its idle row and the row with its modules loaded.");
+    if (floorRows.length > 1) notes.push("Idle RSS is mostly code: the agent's own modules and the libraries it is built on (the ASN.1 layer of @peculiar, ajv, undici's pool, pino, yaml; ws only once WebSocket or the revocation feed is used, prom-client only with an admin listener) loaded into Node.js, before any listener or connection exists; the agent's running state is the difference between its idle row and the row with its modules loaded.");
     return { title: "Agent memory", markdown: md, notes };
   } finally {
     await cleanup.run();

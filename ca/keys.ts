@@ -1,7 +1,7 @@
 import forge from "node-forge";
 import { createPrivateKey, generateKeyPairSync, pbkdf2Sync, randomBytes, createCipheriv, type KeyObject } from "node:crypto";
 import { MeshError } from "../lib/errors.ts";
-import { crypto } from "../lib/x509.ts";
+import { crypto } from "../lib/peculiar.ts";
 
 /**
  * CA private keys at rest: standard PKCS#8 EncryptedPrivateKeyInfo (PBES2, PBKDF2-HMAC-SHA256, AES-256-CBC), so

@@ -1,7 +1,8 @@
 import { randomFillSync, hash, createPublicKey, sign, verify, type KeyObject } from "node:crypto";
 import { promisify } from "node:util";
 import { isIP } from "node:net";
-import { derToPem, normalizeSerial, x509 } from "../lib/x509.ts";
+import { derToPem, normalizeSerial } from "../lib/x509.ts";
+import { x509 } from "../lib/peculiar.ts";
 import { bitString, children, DerError, octets, oid, oidString, readWhole, seq, time, tlv } from "./der.ts";
 import { CsrRejectedError } from "./errors.ts";
 import type { CertKind } from "./store.ts";

@@ -3,7 +3,6 @@ import { Command, Option, CommanderError } from "commander";
 import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
 import { createLogger } from "../lib/log.ts";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
-import { createToken, revoke, listCertificates, openCaStore } from "../ca/admin.ts";
 import { runAfterRenewal } from "./exec.ts";
 // Each command imports what it uses when it runs: the X.509 library, the MCP SDK, ajv and the rest take several
 // hundred milliseconds to load, and `ca revoke` (whose start is part of revocation latency), `ca token` and `ca list`
@@ -123,7 +122,8 @@ export function buildProgram(): Command {
     .option("--dns <name>", "DNS SAN for an agent certificate (repeatable)", collect, [])
     .option("--ip <addr>", "IP SAN for an agent certificate (repeatable)", collect, [])
     .option("--json", "print JSON")
-    .action((o) => {
+    .action(async (o) => {
+      const { createToken, openCaStore } = await import("../ca/admin.ts");
       const { config, store } = openCaStore(o.dir);
       try {
         const t = createToken(store, config, {
@@ -147,7 +147,8 @@ export function buildProgram(): Command {
     .option("--identity <path>", "revoke every certificate of this identity")
     .option("--serial <hex>", "revoke one certificate")
     .option("--reason <reason>", "keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn, or free text")
-    .action((o) => {
+    .action(async (o) => {
+      const { revoke, openCaStore } = await import("../ca/admin.ts");
       const { config, store } = openCaStore(o.dir);
       try {
         const serials = revoke(store, config, { serial: o.serial, identity: o.identity, reason: o.reason }, Date.now(), "cli");
@@ -163,7 +164,9 @@ export function buildProgram(): Command {
     .addHelpText("after", example("mcpmesh ca list --dir ./ca --json"))
     .requiredOption("--dir <dir>", "CA directory")
     .option("--json", "print JSON")
-    .action((o) => {
+    .action(async (o) => {
+      // ca/admin.ts brings better-sqlite3; imported here so `mcpmesh agent run` does not carry it (issue 9).
+      const { listCertificates, openCaStore } = await import("../ca/admin.ts");
       const { store } = openCaStore(o.dir);
       try {
         const rows = listCertificates(store, Date.now());

@@ -1,6 +1,7 @@
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import { MeshError, StateError } from "../lib/errors.ts";
-import { crypto, fingerprint, splitPemCertificates, x509 } from "../lib/x509.ts";
+import { derToPem, fingerprint, splitPemCertificates } from "../lib/x509.ts";
+import { createEcdsaCsr } from "../lib/x509-asn1.ts";
 import { decodeToken } from "../ca/token.ts";
 import { caJson, caRequest } from "./ca-client.ts";
 import { hasIdentity, saveIdentity, type IdentityMeta } from "./store.ts";
@@ -24,13 +25,8 @@ export class RootMismatchError extends MeshError {
 /** A fresh P-256 key and a CSR signed by it; the CA takes only the public key from the CSR. */
 export async function newKeyAndCsr(): Promise<{ key: KeyObject; keyPem: string; csrPem: string }> {
   const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  const alg = { name: "ECDSA", namedCurve: "P-256" };
-  const keys = {
-    privateKey: await crypto.subtle.importKey("pkcs8", privateKey.export({ type: "pkcs8", format: "der" }), alg, false, ["sign"]),
-    publicKey: await crypto.subtle.importKey("spki", publicKey.export({ type: "spki", format: "der" }), alg, true, ["verify"]),
-  };
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create({ name: "CN=mcpmesh", keys, signingAlgorithm: { name: "ECDSA", hash: "SHA-256" } });
-  return { key: privateKey, keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, csrPem: csr.toString("pem") };
+  const csrPem = derToPem(createEcdsaCsr(privateKey, publicKey, "mcpmesh"), "CERTIFICATE REQUEST");
+  return { key: privateKey, keyPem: privateKey.export({ type: "pkcs8", format: "pem" }) as string, csrPem };
 }
 
 /**

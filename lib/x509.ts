@@ -1,12 +1,8 @@
-import "reflect-metadata";
-import { webcrypto, createHash, X509Certificate as NodeX509 } from "node:crypto";
-import * as x509 from "@peculiar/x509";
-
-// @peculiar/x509 works on WebCrypto; Node's implementation is complete for ECDSA P-256/P-384 and RSA.
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
-
-export { x509 };
-export const crypto = webcrypto as unknown as Crypto;
+/**
+ * PEM/DER helpers that load no X.509 library: the agent imports this module, so it must stay free of @peculiar/x509
+ * (lib/peculiar.ts) and of anything that pulls it in.
+ */
+import { createHash, X509Certificate as NodeX509 } from "node:crypto";
 
 const PEM_RE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 

@@ -1,7 +1,8 @@
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { STATUS_CODES } from "node:http";
-import { WebSocketServer, type WebSocket, type RawData } from "ws";
+import type { WebSocketServer, WebSocket, RawData } from "ws";
+import { loadWs } from "../../lib/lazy-ws.ts";
 import { classify, errorResponse, RATE_LIMITED, SERVER_ERROR, type JsonRpcMessage } from "../jsonrpc.ts";
 import type { Caller } from "../policy.ts";
 import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
@@ -22,31 +23,33 @@ export function refuseUpgrade(socket: Duplex, status: number, message: string, h
  * WebSocketClientTransport speaks it), upgraded on the same mTLS listener after the TLS gate. One session per socket,
  * through a `SessionBridge`. Frames larger than `limits.maxBodyBytes` close the socket (1009); every frame gets the
  * same UTF-8, pre-scan and JSON checks as an HTTP body. The socket is the TLS connection: revoking or expiring the
- * certificate destroys it like any other connection.
+ * certificate destroys it like any other connection. `ws` itself is imported on the first upgrade (lib/lazy-ws.ts).
  */
 export class WebSocketEdge {
   #o: BridgeEdgeOptions;
-  #wss: WebSocketServer;
+  #wss: WebSocketServer | null = null;
 
   constructor(opts: BridgeEdgeOptions) {
     this.#o = opts;
-    this.#wss = this.#server();
   }
 
-  #server(): WebSocketServer {
-    return new WebSocketServer({
+  async #server(): Promise<WebSocketServer> {
+    const { WebSocketServer } = await loadWs();
+    // Made after the import, so it carries the limits in force now even if update() ran meanwhile.
+    this.#wss ??= new WebSocketServer({
       noServer: true,
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: this.#o.limits.maxBodyBytes,
       handleProtocols: (protocols) => (protocols.has(MCP_SUBPROTOCOL) ? MCP_SUBPROTOCOL : false),
     });
+    return this.#wss;
   }
 
   update(opts: Partial<Pick<BridgeEdgeOptions, "limits">>): void {
     this.#o = { ...this.#o, ...opts };
-    // maxPayload is fixed per server; new sockets get the new limit.
-    this.#wss = this.#server();
+    // maxPayload is fixed per server; the next upgrade makes a server with the new limit.
+    this.#wss = null;
   }
 
   /** Handles an `upgrade` request of an admitted caller. */
@@ -65,6 +68,29 @@ export class WebSocketEdge {
     }
     const left = this.#o.gate.coolDown(caller, "ws");
     if (left > 0) return refuseUpgrade(socket, 429, `Too many requests: cool-down for another ${left} ms`, { "retry-after": String(Math.ceil(left / 1000)) });
+
+    // From here on the socket waits (for `ws` on the first upgrade, for the upstream): after the 'upgrade' event nobody
+    // else listens for its errors, and an unheard 'error' would bring the agent down.
+    const onWaitError = () => socket.destroy();
+    socket.on("error", onWaitError);
+    try {
+      await this.#upgrade(req, socket, head, caller);
+    } finally {
+      socket.off("error", onWaitError);
+    }
+  }
+
+  async #upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, caller: Caller): Promise<void> {
+    const log = this.#o.logger;
+    let wss: WebSocketServer;
+    try {
+      wss = await this.#server();
+    } catch (e) {
+      log.error({ event: "ws_unavailable", identity: caller.id, reason: (e as Error).message }, "the WebSocket library could not be loaded");
+      return refuseUpgrade(socket, 500, "WebSocket support is unavailable on this agent");
+    }
+    // Gone while `ws` loaded: no session was opened for it, so there is nothing else to undo.
+    if (socket.destroyed) return;
 
     let ws: WebSocket | null = null;
     const bridge = SessionBridge.open({
@@ -90,7 +116,7 @@ export class WebSocketEdge {
     }
     if (socket.destroyed) return bridge.close("client went away during the upgrade");
     if (bridge.ended) return refuseUpgrade(socket, 409, "Session ended before the upgrade completed");
-    this.#wss.handleUpgrade(req, socket, head, (sock) => {
+    wss.handleUpgrade(req, socket, head, (sock) => {
       ws = sock;
       // A closing handshake, not a reset: answers already queued go first (revocation destroys the socket anyway).
       const closer = () => sock.close(1000, "session ended");

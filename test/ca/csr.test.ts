@@ -8,7 +8,8 @@ import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { newKeyAndCsr } from "../../identity/enroll.ts";
-import { derToPem, pemToDer, x509 } from "../../lib/x509.ts";
+import { derToPem, pemToDer } from "../../lib/x509.ts";
+import { x509 } from "../../lib/peculiar.ts";
 import { Cleanups, tmpdir } from "../helpers/cli.ts";
 import { caCall, openssl, startTestCa, type TestCa } from "../helpers/ca.ts";
 

@@ -14,7 +14,8 @@ import { acceptCsr, makeIssuer, signLeaf, type Issuer } from "../../ca/profile.t
 import type { CertKind } from "../../ca/store.ts";
 import { EC_SIGN, toWebCryptoSigningKey } from "../../ca/keys.ts";
 import { newKeyAndCsr } from "../../identity/enroll.ts";
-import { derToPem, pemToDer, x509 } from "../../lib/x509.ts";
+import { derToPem, pemToDer } from "../../lib/x509.ts";
+import { x509 } from "../../lib/peculiar.ts";
 import { Cleanups, tmpdir } from "../helpers/cli.ts";
 import { TEST_PASSPHRASE } from "../helpers/ca.ts";
 

@@ -7,7 +7,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { x509, splitPemCertificates, normalizeSerial } from "../../lib/x509.ts";
+import { splitPemCertificates, normalizeSerial } from "../../lib/x509.ts";
+import { x509 } from "../../lib/peculiar.ts";
 import { tmpdir } from "../helpers/cli.ts";
 import { caGet, cliList, fileState, openssl, opensslVerifyChain, startTestCa, type TestCa } from "../helpers/ca.ts";
 

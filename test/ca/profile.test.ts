@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { Authority, CRL_VALIDITY_MS, type TokenOptions } from "../../ca/authority.ts";
 import { randomSerial } from "../../ca/profile.ts";
 import { newKeyAndCsr } from "../../identity/enroll.ts";
-import { normalizeSerial, pemToDer, splitPemCertificates, x509 } from "../../lib/x509.ts";
+import { normalizeSerial, pemToDer, splitPemCertificates } from "../../lib/x509.ts";
+import { x509 } from "../../lib/peculiar.ts";
 import { Cleanups, tmpdir } from "../helpers/cli.ts";
 import { TEST_PASSPHRASE } from "../helpers/ca.ts";
 
