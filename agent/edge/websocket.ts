@@ -5,7 +5,7 @@ import type { WebSocketServer, WebSocket, RawData } from "ws";
 import { loadWs } from "../../lib/lazy-ws.ts";
 import { classify, errorResponse, RATE_LIMITED, SERVER_ERROR, type JsonRpcMessage } from "../jsonrpc.ts";
 import type { Caller } from "../policy.ts";
-import { auditRefusal, decodeMessage, SessionBridge } from "../bridge.ts";
+import { auditRefusal, decodeMessage, SessionBridge, slowConsumerCap } from "../bridge.ts";
 import { foreignOrigin, headerOf, type BridgeEdgeOptions } from "./legacy-sse.ts";
 
 /** The subprotocol the MCP SDK's WebSocket transports speak. */
@@ -93,12 +93,21 @@ export class WebSocketEdge {
     if (socket.destroyed) return;
 
     let ws: WebSocket | null = null;
+    const cap = slowConsumerCap(this.#o.limits);
     const bridge = SessionBridge.open({
       ...this.#o,
       caller,
       transport: "ws",
       deliver: (m: JsonRpcMessage | JsonRpcMessage[]) => {
-        if (ws?.readyState === 1) ws.send(JSON.stringify(m));
+        if (ws?.readyState !== 1) return;
+        ws.send(JSON.stringify(m));
+        if (ws.bufferedAmount > cap) {
+          // The client is not reading: end its session rather than hold an unbounded queue for it. No closing
+          // handshake: the frame could not get through the full socket anyway.
+          log.warn({ event: "slow_consumer", identity: caller.id, transport: "ws", queuedBytes: ws.bufferedAmount, limitBytes: cap }, "client not reading its socket: session ended");
+          ws.terminate();
+          bridge!.close("client not reading its socket");
+        }
       },
       onEnd: () => {
         if (ws && ws.readyState <= 1) ws.close(1000, "session ended");

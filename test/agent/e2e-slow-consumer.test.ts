@@ -1,10 +1,10 @@
 /**
- * End to end: a client of a message edge (legacy SSE here) that stops reading while the upstream keeps sending. These
+ * End to end: a client of a message edge (legacy SSE, WebSocket, the Streamable HTTP bridge) that stops reading while the upstream keeps sending. These
  * edges relay a message channel, not one stream the agent could pause, so the agent bounds what it holds for the
  * client instead: past 16 × limits.maxBodyBytes queued, the session is ended with a `slow_consumer` warning, the
  * client's connection is closed, the upstream's stream for that session is released, and the agent keeps serving.
- * First the legacy SSE edge in front of a Streamable HTTP upstream (test/helpers/flood-upstream.ts: 8192 × 16 KB
- * notifications on its standalone stream); then the Streamable HTTP edge in front of a stdio upstream (the agent's
+ * First the legacy SSE and WebSocket edges in front of a Streamable HTTP upstream (test/helpers/flood-upstream.ts:
+ * 8192 × 16 KB notifications on its standalone stream, one stream at a time); then the Streamable HTTP edge in front of a stdio upstream (the agent's
  * message bridge), whose `notify-flood` tool sends 4000 × 16 KB logging notifications to the session's GET stream.
  */
 import { test, before, after } from "node:test";
@@ -20,6 +20,7 @@ import { createMesh } from "../helpers/mesh.ts";
 import { startAgentProcess } from "../helpers/agent-process.ts";
 import { stdioServerCommand } from "../helpers/stdio-server.ts";
 import { call } from "../helpers/e2e.ts";
+import { rawWs } from "../helpers/raw-transports.ts";
 
 const CAP = 16 * 1_048_576; // 16 × the default limits.maxBodyBytes
 
@@ -92,6 +93,36 @@ test("a legacy SSE client that stops reading has its session ended at the cap; t
   const s = await rawSession(f, agent.url, "2025-06-18");
   const pong = await s.post({ jsonrpc: "2.0", id: 3, method: "ping" });
   assert.ok(pong.status < 300, `a new session after the slow consumer: HTTP ${pong.status}`);
+});
+
+test("a WebSocket client that stops reading has its session ended at the cap; the upstream stream is released", { timeout: 180_000 }, async () => {
+  const deadline0 = Date.now() + 60_000;
+  while (up.open() > 0 && Date.now() < deadline0) await new Promise((r) => setTimeout(r, 100)); // the SSE scenario's stream is gone
+  const from = agent.logs().length;
+  const writtenBefore = up.written;
+  const c = await rawWs(agent.url.replace(/\/mcp$/, "/ws"), alice);
+  cleanups.add(() => void c.ws.terminate());
+  c.send({ jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "slow-ws", version: "1" } } });
+  await c.inbox.reply(1);
+  // Stop reading before the flood starts (it starts once the session is initialized).
+  (c.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
+  c.send({ jsonrpc: "2.0", method: "notifications/initialized" });
+
+  const warned = await agent.waitForLog((l) => l.event === "slow_consumer" && l.transport === "ws", 120_000);
+  assert.equal(warned.identity, "spiffe://example.org/team-a/alice");
+  assert.equal(warned.limitBytes, CAP);
+  assert.ok(warned.queuedBytes > CAP && warned.queuedBytes < CAP + 256 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${CAP})`);
+  assert.equal(agent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
+
+  const deadline = Date.now() + 60_000;
+  while (up.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(up.open(), 0, "the upstream's stream is still held open for a session that ended");
+  assert.equal(up.finished, false, "the upstream wrote a whole stream: the agent kept taking it after the cap");
+  assert.ok(up.written - writtenBefore < 100 * 1024 * 1024, `the upstream wrote ${up.written - writtenBefore} bytes for this session: the agent kept taking it after the cap`);
+
+  (c.ws as unknown as { _socket: { resume(): void } })._socket.resume();
+  const code = await c.closed;
+  assert.notEqual(code, 1000, "a terminated socket, not a closing handshake");
 });
 
 test("a Streamable HTTP client of a stdio upstream that stops reading its GET stream has its session ended at the cap", { timeout: 180_000 }, async () => {
