@@ -230,7 +230,7 @@ export async function startAgent(config: AgentConfig, opts: AgentOptions = {}): 
     const sessions = new SessionTable();
     const epLog = log.child({ endpoint: ep.id });
     const gate = new Gatekeeper({ policy: state.policies.get(ep.id)!, validator: new ArgumentValidator(), pins, tools: config.tools, limits: config.limits, audit, logger: epLog, limiter, ruleRates: ruleRates(config, ep.id), onDecision });
-    const bridged = { gate, sessions, connector, limits: config.limits, logger: epLog, audit };
+    const bridged = { gate, sessions, connector, limits: config.limits, logger: epLog, audit, timeoutMs: config.upstream.timeoutMs };
     // Streamable HTTP → Streamable HTTP keeps the byte-forwarding fast path; every other pair is bridged by message.
     const edge = upstream ? new StreamableHttpEdge({ gate, sessions, upstream, limits: config.limits, logger: epLog, audit }) : new StreamableMessageEdge(bridged);
     endpoints.set(ep.id, { id: ep.id, path: ep.path, sessions, gate, edge, sse: new LegacySseEdge(bridged), ws: new WebSocketEdge(bridged) });

@@ -70,6 +70,12 @@ export interface BridgeOptions {
   transport: DownstreamKind;
   logger: Logger;
   limits: LimitsConfig;
+  /**
+   * `upstream.timeout`: how long a forwarded request may wait for its answer without news of it (a progress
+   * notification for its token restarts the clock). Then the client gets -32000 "timed out" and the upstream a
+   * `notifications/cancelled`. 0 = no timeout.
+   */
+  timeoutMs: number;
   /** Sends a message (or a batch's answers) to the client. */
   deliver: (msg: JsonRpcMessage | JsonRpcMessage[]) => void;
   /** The bridge ended (upstream channel gone, session dropped, revocation): the edge closes its side. */
@@ -88,6 +94,13 @@ export interface Outcome {
 
 interface InFlight {
   done?: () => void;
+  /** The upstream.timeout clock of this request (restarted by its progress notifications). */
+  timer?: NodeJS.Timeout;
+  /** The request's progressToken (as an idKey), if it asked for progress. */
+  token?: string;
+  /** The request's id and method, for its timeout (set when it is forwarded). */
+  id?: JsonRpcId;
+  method?: string;
   /** The batch the request came in, whose answers are delivered together. */
   batch?: { pending: Set<string>; replies: JsonRpcMessage[]; done?: () => void };
 }
@@ -110,12 +123,16 @@ function isRequestLike(m: unknown): m is { id: JsonRpcId; method: string } {
  *   responses are forwarded only if they answer a server request actually pending. `notifications/tools/list_changed`
  *   is relayed and then the agent lists the tools itself, so pinning judges the new definitions at once.
  * - When the channel dies, every request still in flight is answered with -32000 and the session ends.
+ * - `upstream.timeout` per request: no answer and no progress for its token within it → -32000 "timed out" to the
+ *   client, `notifications/cancelled` upstream, and a late answer is dropped.
  */
 export class SessionBridge {
   readonly session: Session;
   readonly #o: BridgeOptions;
   #channel!: Transport;
   readonly #inflight = new Map<string, InFlight>();
+  /** progressToken (idKey) → the request's idKey, for the requests in flight that asked for progress. */
+  readonly #byToken = new Map<string, string>();
   readonly #internal = new Map<string, { resolve: (m: JsonRpcResponse) => void; timer: NodeJS.Timeout }>();
   readonly #serverRequests = new Set<string>();
   #ended = false;
@@ -194,7 +211,7 @@ export class SessionBridge {
     if (verdict.action === "reply") {
       return { status: verdict.status, awaiting: [], reply: verdict.reply ?? undefined };
     }
-    if (c.kind === "request") this.#inflight.set(idKey(c.msg.id), { done: verdict.done });
+    if (c.kind === "request") this.#track(c.msg as { id: JsonRpcId; method: string; params?: any }, { done: verdict.done });
     // Not awaited: over HTTP the send lasts until the upstream's response headers, and the edge answers its client
     // (202) as soon as the message is decided. Sends start in arrival order, which is what the upstream sees.
     void this.#send(parsed as JSONRPCMessage);
@@ -217,7 +234,7 @@ export class SessionBridge {
       const batch = { pending: new Set(ids), replies: [] as JsonRpcMessage[], done: verdict.done };
       for (const m of items) {
         if (!isRequestLike(m)) continue;
-        this.#inflight.set(idKey(m.id), { batch });
+        this.#track(m as { id: JsonRpcId; method: string; params?: any }, { batch });
         awaiting.push(m.id);
       }
     } else verdict.done();
@@ -226,6 +243,38 @@ export class SessionBridge {
       void this.#send(m as JSONRPCMessage);
     }
     return { status: 202, awaiting };
+  }
+
+  /** Registers a forwarded request as in flight and starts its upstream.timeout clock. */
+  #track(m: { id: JsonRpcId; method: string; params?: any }, f: InFlight): void {
+    const key = idKey(m.id);
+    const token = m.params?._meta?.progressToken;
+    if (typeof token === "string" || typeof token === "number") {
+      f.token = idKey(token);
+      this.#byToken.set(f.token, key);
+    }
+    f.id = m.id;
+    f.method = m.method;
+    this.#inflight.set(key, f);
+    this.#arm(key, f);
+  }
+
+  #arm(key: string, f: InFlight): void {
+    if (this.#o.timeoutMs <= 0) return;
+    clearTimeout(f.timer);
+    f.timer = setTimeout(() => this.#timedOut(key, f.id!, f.method!), this.#o.timeoutMs);
+    f.timer.unref();
+  }
+
+  /**
+   * No answer (nor progress) within upstream.timeout: the client is answered now, and the upstream is told to stop
+   * (`notifications/cancelled`), so neither side waits for ever; an answer arriving later is dropped.
+   */
+  #timedOut(key: string, id: JsonRpcId, method: string): void {
+    if (this.#ended || !this.#inflight.has(key)) return;
+    this.#o.logger.warn({ event: "upstream_timeout", identity: this.#o.caller.id, session: this.session.key, method, timeoutMs: this.#o.timeoutMs }, "no answer from the upstream in time: request cancelled");
+    this.#channel.send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: `no answer within ${this.#o.timeoutMs} ms (mcpmesh upstream.timeout)` } } as JSONRPCMessage).catch(() => {});
+    this.#answer(id, errorResponse(id, SERVER_ERROR, "Upstream MCP server timed out"));
   }
 
   async #send(m: JSONRPCMessage): Promise<void> {
@@ -243,6 +292,8 @@ export class SessionBridge {
     const f = this.#inflight.get(key);
     if (!f) return;
     this.#inflight.delete(key);
+    clearTimeout(f.timer);
+    if (f.token !== undefined && this.#byToken.get(f.token) === key) this.#byToken.delete(f.token);
     if (!f.batch) {
       f.done?.();
       this.#o.deliver(msg);
@@ -284,6 +335,13 @@ export class SessionBridge {
       // A server request (sampling, elicitation, roots/list, ping): the client's response may go back upstream.
       if (this.#serverRequests.size >= MAX_SERVER_REQUESTS) this.#serverRequests.delete(this.#serverRequests.values().next().value!);
       this.#serverRequests.add(idKey((m as { id: JsonRpcId }).id));
+    }
+    if (m.method === "notifications/progress") {
+      // News of a request in flight: its timeout starts over (as the SDK's resetTimeoutOnProgress does).
+      const t = (m as { params?: { progressToken?: unknown } }).params?.progressToken;
+      const key = typeof t === "string" || typeof t === "number" ? this.#byToken.get(idKey(t)) : undefined;
+      const f = key === undefined ? undefined : this.#inflight.get(key);
+      if (key !== undefined && f) this.#arm(key, f);
     }
     const out = this.#o.gate.filterServerMessage(this.session, this.#o.caller, m);
     this.#o.deliver(out);

@@ -20,6 +20,8 @@ export interface BridgeEdgeOptions {
   limits: LimitsConfig;
   logger: Logger;
   audit: AuditSink;
+  /** `upstream.timeout` for each forwarded request (bridge.ts). */
+  timeoutMs: number;
 }
 
 /** A comment line every so often keeps idle streams alive through proxies and lets a dead peer be noticed. */

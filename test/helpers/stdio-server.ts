@@ -9,6 +9,8 @@
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
  * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
  * - `stop-reading`: answers, then stops reading stdin (a stuck server).
+ * - `slow-progress {steps, everyMs}`: answers after steps × everyMs, sending a progress notification at each step if
+ *   the call carries a progressToken (and nothing otherwise).
  * - `notify-flood {count, bytes}`: sends that many logging notifications of `bytes` "x" each (waiting for stdout's
  *   drain, as the SDK does), then answers how many it sent; stops early, answering, if stdout breaks.
  * - `sample {prompt}`: sends the client a sampling request (sampling/createMessage) and returns its text.
@@ -105,6 +107,15 @@ async function main(): Promise<void> {
     async ({ bytes }) => {
       process.stdout.write("x".repeat(bytes));
       return { content: [{ type: "text", text: "flooded" }] };
+    });
+  server.registerTool("slow-progress", { description: "Answers slowly, with progress at each step if asked", inputSchema: { steps: z.number().int().min(1).max(100), everyMs: z.number().int().min(1).max(10_000) } },
+    async ({ steps, everyMs }, extra) => {
+      const token = extra._meta?.progressToken;
+      for (let i = 1; i <= steps; i++) {
+        await new Promise((r) => setTimeout(r, everyMs));
+        if (token !== undefined) await extra.sendNotification({ method: "notifications/progress", params: { progressToken: token, progress: i, total: steps } });
+      }
+      return { content: [{ type: "text", text: `done after ${steps} steps` }] };
     });
   server.registerTool("notify-flood", { description: "Sends many large logging notifications", inputSchema: { count: z.number().int().min(1).max(100_000), bytes: z.number().int().min(1).max(1_000_000) } },
     async ({ count, bytes }) => {
