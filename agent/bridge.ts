@@ -19,6 +19,8 @@ export type DownstreamKind = "streamable-http" | "sse" | "ws";
 const INTERNAL_TIMEOUT_MS = 30_000;
 /** Server → client requests remembered so a client response can be matched to one (bounded). */
 const MAX_SERVER_REQUESTS = 1_000;
+/** Timed-out request ids remembered per session so their late answers are dropped (see #lateIds). */
+const MAX_TIMED_OUT = 1_000;
 
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -47,7 +49,6 @@ export function decodeMessage(data: Buffer | string, maxDepth: number): Decoded 
   }
 }
 
-/** A message refused before any session or policy work, audited the way the Streamable HTTP edge audits it. */
 /**
  * How many bytes a message edge (legacy SSE, WebSocket) may hold queued for one client that is not reading: 16 of the
  * largest messages the agent accepts (16 MiB by default). These edges relay a message channel shared by the session's
@@ -58,6 +59,7 @@ export function slowConsumerCap(limits: Pick<LimitsConfig, "maxBodyBytes">): num
   return 16 * limits.maxBodyBytes;
 }
 
+/** A message refused before any session or policy work, audited the way the Streamable HTTP edge audits it. */
 export function auditRefusal(audit: AuditSink, caller: Caller, transport: DownstreamKind, reason: string): void {
   audit.record({ identity: caller.id, session: null, method: "(unparsed)", decision: "deny", rule: null, reason, decisionUs: 0, transport });
 }
@@ -133,6 +135,12 @@ export class SessionBridge {
   readonly #inflight = new Map<string, InFlight>();
   /** progressToken (idKey) → the request's idKey, for the requests in flight that asked for progress. */
   readonly #byToken = new Map<string, string>();
+  /**
+   * Ids of requests answered "timed out" whose upstream answer has not come (cancellation is advisory, so it still
+   * may): such an answer is dropped, and the id is not accepted again until it came, so a late answer can never be
+   * taken for the answer to a new request that reused the id. Bounded (oldest forgotten first).
+   */
+  readonly #lateIds = new Set<string>();
   readonly #internal = new Map<string, { resolve: (m: JsonRpcResponse) => void; timer: NodeJS.Timeout }>();
   readonly #serverRequests = new Set<string>();
   #ended = false;
@@ -194,7 +202,7 @@ export class SessionBridge {
     if (Array.isArray(parsed)) return this.#receiveBatch(parsed);
     const c = classify(parsed);
     if (c.kind === "request") {
-      if (this.#inflight.has(idKey(c.msg.id))) {
+      if (this.#inflight.has(idKey(c.msg.id)) || this.#lateIds.has(idKey(c.msg.id))) {
         return { status: 400, awaiting: [], reply: errorResponse(c.msg.id, INVALID_REQUEST, "Invalid Request: a request with this id is still in flight") };
       }
       if (c.msg.method === "initialize" && typeof c.msg.params?.protocolVersion === "string") this.session.protocolVersion = c.msg.params.protocolVersion;
@@ -224,7 +232,7 @@ export class SessionBridge {
       return { status: 400, awaiting: [], reply: errorResponse(null, INVALID_REQUEST, `Invalid Request: JSON-RPC batches are not part of protocol version ${this.session.protocolVersion}`) };
     }
     const ids = items.filter(isRequestLike).map((m) => idKey(m.id));
-    if (new Set(ids).size !== ids.length || ids.some((k) => this.#inflight.has(k))) {
+    if (new Set(ids).size !== ids.length || ids.some((k) => this.#inflight.has(k) || this.#lateIds.has(k))) {
       return { status: 400, awaiting: [], reply: errorResponse(null, INVALID_REQUEST, "Invalid Request: request ids in a batch must be unique and not in flight") };
     }
     const verdict = await this.#o.gate.checkBatch(this.#ctx(), items);
@@ -273,6 +281,10 @@ export class SessionBridge {
   #timedOut(key: string, id: JsonRpcId, method: string): void {
     if (this.#ended || !this.#inflight.has(key)) return;
     this.#o.logger.warn({ event: "upstream_timeout", identity: this.#o.caller.id, session: this.session.key, method, timeoutMs: this.#o.timeoutMs }, "no answer from the upstream in time: request cancelled");
+    // Its answer may still come: remembered so it is dropped, and the gate's note of the request is dropped now.
+    this.#lateIds.add(key);
+    if (this.#lateIds.size > MAX_TIMED_OUT) this.#lateIds.delete(this.#lateIds.values().next().value!);
+    this.session.pending.delete(key);
     this.#channel.send({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason: `no answer within ${this.#o.timeoutMs} ms (mcpmesh upstream.timeout)` } } as JSONRPCMessage).catch(() => {});
     this.#answer(id, errorResponse(id, SERVER_ERROR, "Upstream MCP server timed out"));
   }
@@ -323,6 +335,7 @@ export class SessionBridge {
         mine.resolve(m as JsonRpcResponse);
         return;
       }
+      if (this.#lateIds.delete(idKey(id))) return; // the late answer to a request the client was told timed out
       if (!this.#inflight.has(idKey(id))) return; // answered already (an error on a dead stream), or never asked
       const wasInit = this.session.pending.get(idKey(id))?.method === "initialize";
       const out = this.#o.gate.filterServerMessage(this.session, this.#o.caller, m);

@@ -268,7 +268,13 @@ function parseAndVerify(input: CrlInput, issuers: readonly string[], opts: CrlLo
   const serials = new Set<string>();
   for (const entry of entries) {
     // Critical entry extensions (certificateIssuer of an indirect CRL) would change whose serial this is.
-    const critical = readCrlEntryExtensions(entry.crlEntryExtensions).find((x) => x.critical);
+    let entryExtensions: ReturnType<typeof readCrlEntryExtensions>;
+    try {
+      entryExtensions = readCrlEntryExtensions(entry.crlEntryExtensions);
+    } catch (e) {
+      throw new CrlError(`CRL of "${issuer}" has an entry with malformed extensions`, { cause: e });
+    }
+    const critical = entryExtensions.find((x) => x.critical);
     if (critical) throw new CrlError(`CRL of "${issuer}" has an entry with a critical extension ${critical.type}`);
     serials.add(normalizeSerial(serialHex(entry.userCertificate)));
   }

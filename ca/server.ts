@@ -5,7 +5,7 @@ import { constants as cryptoConstants, generateKeyPairSync, type KeyObject } fro
 import { isMeshError, InvalidArgumentError, MeshError } from "../lib/errors.ts";
 import { silentLogger, type Logger } from "../lib/log.ts";
 import { pemToDer } from "../lib/x509.ts";
-import { readBody } from "../lib/body.ts";
+import { BodyIncompleteError, BodyTooLargeError, readBody } from "../lib/body.ts";
 import { parseHostPort } from "../lib/net.ts";
 import type { Authority, IssuedCertificate } from "./authority.ts";
 import type { CertRecord } from "./store.ts";
@@ -175,7 +175,12 @@ export function createCaHandler(authority: ApiAuthority, log: Logger) {
     } catch (e) {
       if (isMeshError(e) && STATUS[e.code]) {
         log.warn({ event: "request_refused", path, code: e.code, reason: e.message }, "request refused");
-        if (!res.headersSent) send(res, STATUS[e.code], { error: { code: e.code, message: e.message } });
+        if (!res.headersSent) {
+          // A refused body is not read to its end: the connection closes after the answer, or Node would keep
+          // reading (and discarding) whatever length the client declared, for as long as the client sends.
+          if (e instanceof BodyTooLargeError || e instanceof BodyIncompleteError) res.setHeader("connection", "close");
+          send(res, STATUS[e.code], { error: { code: e.code, message: e.message } });
+        }
       } else {
         log.error({ event: "internal_error", path, err: e }, "internal error");
         if (!res.headersSent) send(res, 500, { error: { code: "MCPMESH_INTERNAL", message: "internal error; see the CA log" } });

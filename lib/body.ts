@@ -22,7 +22,9 @@ export class BodyIncompleteError extends MeshError {
  * the limit is refused before a byte is read; a body that grows past it is refused as soon as it does (the rest is
  * drained, not buffered, so the answer can go out at once). Plain stream events rather than `for await`: the async
  * iterator cost ~20 µs per request, a few percent of an issuance. A client gone mid-body shows as "error" (ECONNRESET
- * "aborted") and/or "close" before "end"; either settles the promise, so no reader is left waiting for ever.
+ * "aborted") and/or "close" before "end"; either settles the promise, so no reader is left waiting for ever. A client
+ * that resets its connection right after sending a whole body, before the handler read it, is refused the same way:
+ * Node has destroyed the request by then (a fire-and-close notification can be lost; it could not be answered anyway).
  */
 export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers["content-length"] ?? "-1");

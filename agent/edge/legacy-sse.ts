@@ -86,7 +86,6 @@ export class LegacySseEdge {
     if (req.method !== "GET") return void res.writeHead(405, { allow: "GET" }).end();
     if (this.#foreign(req, res, caller) || this.#coolingDown(res, caller)) return;
     let open = true;
-    const cap = slowConsumerCap(this.#o.limits);
     const bridge = SessionBridge.open({
       ...this.#o,
       caller,
@@ -94,6 +93,7 @@ export class LegacySseEdge {
       deliver: (m: JsonRpcMessage | JsonRpcMessage[]) => {
         if (!open) return;
         res.write(formatSseEvent({ event: "message", data: JSON.stringify(m) }));
+        const cap = slowConsumerCap(this.#o.limits); // the limits in force now: a reload applies to open streams too
         if (res.writableLength > cap) {
           // The client is not reading: end its session rather than hold an unbounded queue for it.
           open = false;

@@ -242,7 +242,7 @@ export class StreamableMessageEdge {
    */
   #bounded(conn: Conn, res: ServerResponse): void {
     if (res.writableLength <= this.#cap || conn.bridge.ended) return;
-        this.#o.logger.warn({ event: "slow_consumer", identity: conn.bridge.session.owner, transport: "streamable-http", queuedBytes: res.writableLength, limitBytes: this.#cap }, "client not reading its stream: session ended");
+    this.#o.logger.warn({ event: "slow_consumer", identity: conn.bridge.session.owner, transport: "streamable-http", queuedBytes: res.writableLength, limitBytes: this.#cap }, "client not reading its stream: session ended");
     conn.bridge.close("client not reading its stream");
     res.destroy();
   }

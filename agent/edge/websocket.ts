@@ -93,7 +93,6 @@ export class WebSocketEdge {
     if (socket.destroyed) return;
 
     let ws: WebSocket | null = null;
-    const cap = slowConsumerCap(this.#o.limits);
     const bridge = SessionBridge.open({
       ...this.#o,
       caller,
@@ -101,6 +100,7 @@ export class WebSocketEdge {
       deliver: (m: JsonRpcMessage | JsonRpcMessage[]) => {
         if (ws?.readyState !== 1) return;
         ws.send(JSON.stringify(m));
+        const cap = slowConsumerCap(this.#o.limits); // the limits in force now: a reload applies to open sockets too
         if (ws.bufferedAmount > cap) {
           // The client is not reading: end its session rather than hold an unbounded queue for it. No closing
           // handshake: the frame could not get through the full socket anyway.

@@ -1,7 +1,8 @@
 /**
  * End to end: `upstream.timeout` on the message path (here a stdio upstream behind the agent's legacy SSE edge).
  * A request with no answer and no progress within the timeout is answered -32000 "Upstream MCP server timed out", the
- * upstream receives `notifications/cancelled` for it, and its late answer never reaches the client. A request whose
+ * upstream receives `notifications/cancelled` for it, and its late answer (from an upstream that ignores the
+ * cancellation) never reaches the client, not even as the answer to a new request that reused the id. A request whose
  * progress keeps arriving outlives the timeout (each progress notification restarts the clock); the same slow call
  * without a progressToken times out.
  */
@@ -56,10 +57,10 @@ async function session(): Promise<RawSse> {
   return s;
 }
 
-test("no answer within upstream.timeout: the client gets -32000, the upstream gets notifications/cancelled, the late answer is dropped", async () => {
+test("no answer within upstream.timeout: the client gets -32000, the upstream gets notifications/cancelled, a late answer is dropped", async () => {
   const s = await session();
   const from = agent.logs().length;
-  const held = call("hold", {});
+  const held = call("hold-late", {});
   assert.equal((await s.post(held)).status, 202);
   const answer = await s.inbox.reply(held.id, 30_000);
   assert.deepEqual(answer.error, { code: -32000, message: "Upstream MCP server timed out" });
@@ -74,16 +75,29 @@ test("no answer within upstream.timeout: the client gets -32000, the upstream ge
   while (cancelledFor().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
   assert.equal(cancelledFor().length, 1, "notifications/cancelled for the timed-out request reached the upstream once");
 
-  // Release the held call upstream: whether or not the upstream still answers a cancelled request (the SDK's server
-  // does not), the client, which has had its answer, must not get a second one. A later call's reply proves the
-  // stream has carried everything sent before it.
+  // The id is refused while the upstream may still answer it: a late answer could otherwise pass for this one's.
+  const reuse = { ...call("echo", { text: "same id" }), id: held.id };
+  await s.post(reuse);
+  await s.inbox.next((m) => m?.id === held.id && m?.error?.message === "Invalid Request: a request with this id is still in flight");
+
+  // This upstream answers anyway once released: the answer is dropped at the agent.
   const release = call("release-held", {});
   await s.post(release);
   await s.inbox.reply(release.id);
+  const lateDeadline = Date.now() + 20_000;
+  const lateSent = () => readStdioRecord(record).messages.some((m) => m?.lateAnswer === held.id);
+  while (!lateSent() && Date.now() < lateDeadline) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(lateSent(), "the upstream wrote its late answer");
   const ping = rpc("ping");
   await s.post(ping);
-  await s.inbox.reply(ping.id);
-  assert.equal(s.inbox.messages.filter((m) => m?.id === held.id).length, 1, "the client got a second answer for the timed-out request");
+  await s.inbox.reply(ping.id); // the stream has carried everything the upstream sent before this
+  assert.deepEqual(s.inbox.messages.filter((m) => m?.id === held.id && !("method" in m)).map((m) => m.error?.message ?? m.result), ["Upstream MCP server timed out", "Invalid Request: a request with this id is still in flight"], "the late answer reached the client");
+
+  // Once the late answer has come, the id is free again.
+  const again = { ...call("echo", { text: "same id, later" }), id: held.id };
+  await s.post(again);
+  const ok = await s.inbox.next((m) => m?.id === held.id && m?.result !== undefined);
+  assert.deepEqual(ok.result.content, [{ type: "text", text: "same id, later" }]);
 });
 
 test("progress restarts the clock: a call that reports progress outlives the timeout; the same call without a progressToken times out", async () => {

@@ -52,3 +52,18 @@ for (const path of ["/v1/enroll", "/v1/renew", "/v1/revoke"]) {
     assert.deepEqual(settled.map((l) => [l.event, l.code, l.reason]), [["request_refused", "MCPMESH_BAD_REQUEST", "body: the connection closed before the request body ended"]]);
   });
 }
+
+test("a declared body over the limit is answered 413 and the connection closed, without waiting for the body", { timeout: 30_000 }, async () => {
+  const u = new URL(server.url);
+  const sock = connect({ host: u.hostname, port: Number(u.port), ca: mesh.authority.rootPem });
+  await new Promise<void>((resolve, reject) => sock.once("secureConnect", resolve).once("error", reject));
+  let got = "";
+  sock.on("data", (d: Buffer) => (got += d.toString("latin1")));
+  const closed = new Promise<void>((r) => sock.once("close", () => r()));
+  // Headers only: the client would send 10 MB next, and keeps the connection open.
+  sock.write(`POST /v1/enroll HTTP/1.1\r\nhost: ${u.host}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n`);
+  await closed; // the CA closes it (before this fix it read and discarded the declared body until its request timeout)
+  assert.match(got, /^HTTP\/1\.1 413 /);
+  assert.match(got, /\r\nconnection: close\r\n/i);
+  assert.match(got, /"code":"MCPMESH_TOO_LARGE"/);
+});

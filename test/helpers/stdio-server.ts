@@ -9,6 +9,9 @@
  * - `stdout-noise`: writes a line that is not JSON-RPC to stdout (must be dropped by the agent, never forwarded).
  * - `stdout-flood {bytes}`: writes that many bytes to stdout with no newline (an unbounded line).
  * - `stop-reading`: answers, then stops reading stdin (a stuck server).
+ * - `hold-late`: like `hold`, but once released it answers even if the call was cancelled meanwhile (the SDK drops
+ *   the answer to a cancelled request, so this one is written to stdout by hand), and appends `{"lateAnswer": id}` to
+ *   the record file: an upstream that ignores `notifications/cancelled`.
  * - `slow-progress {steps, everyMs}`: answers after steps × everyMs, sending a progress notification at each step if
  *   the call carries a progressToken (and nothing otherwise).
  * - `notify-flood {count, bytes}`: sends that many logging notifications of `bytes` "x" each (waiting for stdout's
@@ -107,6 +110,15 @@ async function main(): Promise<void> {
     async ({ bytes }) => {
       process.stdout.write("x".repeat(bytes));
       return { content: [{ type: "text", text: "flooded" }] };
+    });
+  server.registerTool("hold-late", { description: "Waits until released, then answers even if cancelled", inputSchema: {} },
+    async (_args, extra) => {
+      await new Promise<void>((resolve) => state.waiting.push(resolve));
+      if (extra.signal.aborted) {
+        process.stdout.write(JSON.stringify({ jsonrpc: "2.0", id: extra.requestId, result: { content: [{ type: "text", text: "late" }] } }) + "\n");
+        if (recordFile) appendFileSync(recordFile, JSON.stringify({ lateAnswer: extra.requestId }) + "\n");
+      }
+      return { content: [{ type: "text", text: "released" }] };
     });
   server.registerTool("slow-progress", { description: "Answers slowly, with progress at each step if asked", inputSchema: { steps: z.number().int().min(1).max(100), everyMs: z.number().int().min(1).max(10_000) } },
     async ({ steps, everyMs }, extra) => {
