@@ -13,7 +13,7 @@ export type { UpstreamConnector } from "./connector.ts";
  * have passed here, so it throws.
  *
  * Channel contract shared by both (on top of UpstreamConnector's): `send()` of a request never rejects because the
- * upstream is gone: the failure becomes that request's JSON-RPC error response (code -32603) through `onmessage`.
+ * upstream is gone: the failure becomes that request's JSON-RPC error response (code -32000) through `onmessage`.
  */
 export function createMessageConnector(cfg: UpstreamConfig, deps: { logger: Logger }): UpstreamConnector {
   if (cfg.sse !== undefined) return new SseConnector({ url: cfg.sse, socketPath: cfg.socket, timeoutMs: cfg.timeoutMs, logger: deps.logger });

@@ -1,5 +1,5 @@
 import type { JSONRPCMessage } from "@modelcontextprotocol/sdk/types.js";
-import { INTERNAL_ERROR, idKey, type JsonRpcId } from "../jsonrpc.ts";
+import { SERVER_ERROR, idKey, type JsonRpcId } from "../jsonrpc.ts";
 
 /**
  * The client's requests a channel has sent upstream and not yet seen answered: what must get an error response when
@@ -41,7 +41,9 @@ export class InFlight {
 }
 
 export function errorFor(id: JsonRpcId, message: string): JSONRPCMessage {
-  return { jsonrpc: "2.0", id, error: { code: INTERNAL_ERROR, message } } as JSONRPCMessage;
+  // -32000, as every other path that answers for an upstream that failed (HTTP 502/504, a channel that closed, a
+  // timeout): a client sees one code for "the upstream failed this request", whatever the upstream transport.
+  return { jsonrpc: "2.0", id, error: { code: SERVER_ERROR, message } } as JSONRPCMessage;
 }
 
 export function isRequest(m: JSONRPCMessage): m is JSONRPCMessage & { id: JsonRpcId; method: string } {

@@ -70,7 +70,7 @@ export function childEnvironment(opts: { env?: Record<string, string>; inheritEn
  * so sharing one child would mix identities; one child each keeps them apart at the cost of a process per session.
  *
  * The command comes from the config only (argv, no shell); the environment is `childEnvironment()`. A child that exits
- * while its channel is open is a crash: each in-flight request gets a JSON-RPC error (-32603, "upstream process exited
+ * while its channel is open is a crash: each in-flight request gets a JSON-RPC error (-32000, "upstream process exited
  * with code N"), then the child is restarted with exponential backoff and jitter, and the channel replays the
  * session's `initialize` (the response is swallowed) and `notifications/initialized` before passing anything else,
  * so the downstream session carries on. Requests that arrive while the child is down get an error at once; after

@@ -64,7 +64,7 @@ test("an upstream that drops its stream: the call in flight gets an error, not a
   }
   up.dropStreams();
   const e = await held;
-  assert.equal(e.code, -32603);
+  assert.equal(e.code, -32000);
   assert.match(e.message, /upstream SSE stream ended/);
   await agent.waitForLog((l) => l.event === "upstream_stream_ended");
 });

@@ -157,7 +157,7 @@ test("a POST that fails or is redirected to another origin answers the request w
   mode = "redirect";
   await channel.send({ jsonrpc: "2.0", id: "two", method: "tools/list" });
   assert.equal(got.length, 2);
-  assert.deepEqual(got.map((m) => [m.id, m.error.code]), [[1, -32603], ["two", -32603]]);
+  assert.deepEqual(got.map((m) => [m.id, m.error.code]), [[1, -32000], ["two", -32000]]);
   assert.match(got[0].error.message, /HTTP 500/);
   assert.match(got[1].error.message, /redirect|307/i);
   // A notification that cannot be delivered is the caller's error (there is no response to carry it).
@@ -177,7 +177,7 @@ test("an upstream that drops the stream: in-flight requests get errors, the chan
   }
   up.dropStreams();
   await assert.rejects(held, (e: any) => {
-    assert.equal(e.code, -32603);
+    assert.equal(e.code, -32000);
     assert.match(e.message, /upstream SSE stream ended/);
     return true;
   });

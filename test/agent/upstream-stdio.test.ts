@@ -129,7 +129,7 @@ test("a child that crashes mid-call: the caller gets an error, the child is rest
   // A second call in flight at the same time must get its error too.
   const held = client.callTool({ name: "hold", arguments: {} });
   await assert.rejects(client.callTool({ name: "crash", arguments: { code: 1 } }), (e: any) => {
-    assert.equal(e.code, -32603);
+    assert.equal(e.code, -32000);
     assert.match(e.message, /upstream process exited with code 1/);
     return true;
   });
@@ -260,7 +260,7 @@ test("a child that stops reading its stdin: requests beyond the buffer bound get
   for (let i = 0; i < 100; i++) await channel.send({ jsonrpc: "2.0", id: `big-${i}`, method: "tools/call", params: { name: "echo", arguments: { text: big } } });
   const refused = seen.filter((m) => typeof m.id === "string" && m.id.startsWith("big-") && m.error?.message === "upstream is not reading its input");
   assert.ok(refused.length > 50, `most were refused (${refused.length})`);
-  assert.ok(refused.every((m) => m.error.code === -32603));
+  assert.ok(refused.every((m) => m.error.code === -32000));
   assert.ok(s.log.events("upstream_input_full").length === refused.length);
 });
 
