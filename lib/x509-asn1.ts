@@ -124,6 +124,14 @@ export interface ParsedExtension {
  * knew (basicConstraints, keyUsage, EKU, SKI, AKI, SAN, issuerAltName, CRL DPs, AIA, certificatePolicies) throws, so a
  * certificate it refused is still refused.
  */
+/** Extensions whose value is only checked to parse (the mesh reads nothing from them). */
+const PARSED_ONLY: Record<string, new () => object> = {
+  [asn.id_ce_subjectKeyIdentifier]: asn.SubjectKeyIdentifier,
+  [asn.id_ce_authorityKeyIdentifier]: asn.AuthorityKeyIdentifier,
+  [asn.id_ce_cRLDistributionPoints]: asn.CRLDistributionPoints,
+  [asn.id_ce_certificatePolicies]: asn.CertificatePolicies,
+};
+
 export function readExtensions(list: readonly asn.Extension[] | undefined): ParsedExtension[] {
   return (list ?? []).map((e) => {
     const out: ParsedExtension = { type: e.extnID, critical: e.critical, value: e.extnValue.buffer };
@@ -146,18 +154,6 @@ export function readExtensions(list: readonly asn.Extension[] | undefined): Pars
       case asn.id_ce_issuerAltName:
         readGeneralNames(AsnConvert.parse(v, asn.GeneralNames));
         break;
-      case asn.id_ce_subjectKeyIdentifier:
-        AsnConvert.parse(v, asn.SubjectKeyIdentifier);
-        break;
-      case asn.id_ce_authorityKeyIdentifier:
-        AsnConvert.parse(v, asn.AuthorityKeyIdentifier);
-        break;
-      case asn.id_ce_cRLDistributionPoints:
-        AsnConvert.parse(v, asn.CRLDistributionPoints);
-        break;
-      case asn.id_ce_certificatePolicies:
-        AsnConvert.parse(v, asn.CertificatePolicies);
-        break;
       case asn.id_pe_authorityInfoAccess:
         for (const ad of AsnConvert.parse(v, asn.AuthorityInfoAccessSyntax)) {
           // @peculiar/x509 read the location of these four methods and failed on a name it could not read.
@@ -166,6 +162,8 @@ export function readExtensions(list: readonly asn.Extension[] | undefined): Pars
           }
         }
         break;
+      default:
+        if (Object.hasOwn(PARSED_ONLY, e.extnID)) AsnConvert.parse(v, PARSED_ONLY[e.extnID]);
     }
     return out;
   });

@@ -38,6 +38,23 @@ before(async () => {
 
 after(() => cleanups.run());
 
+/** The session was ended once: one `slow_consumer` warning since `from`, at the cap, for `transport`. */
+async function endedAtCap(a: AgentProcess, from: number, transport: string, identity: string, cap: number, slack: number): Promise<void> {
+  const warned = await a.waitForLog((l) => l.event === "slow_consumer" && l.transport === transport, 120_000);
+  assert.equal(warned.identity, identity);
+  assert.equal(warned.limitBytes, cap);
+  assert.ok(warned.queuedBytes > cap && warned.queuedBytes < cap + slack, `queued ${warned.queuedBytes} bytes when ended (cap ${cap})`);
+  assert.equal(a.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
+}
+
+/** The agent released the flood upstream's stream for the ended session before the upstream finished writing it. */
+async function upstreamReleased(): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  while (up.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(up.open(), 0, "the upstream's stream is still held open for a session that ended");
+  assert.equal(up.finished, false, "the upstream wrote its whole stream: the agent kept taking it after the cap");
+}
+
 /** Opens GET /sse on a raw mTLS socket, reads up to the endpoint event, then stops reading (the socket is paused). */
 function openUnreadSse(): Promise<{ sock: TLSSocket; messagePath: string; closed: Promise<void> }> {
   const id = loadIdentity(alice);
@@ -70,18 +87,8 @@ test("a legacy SSE client that stops reading has its session ended at the cap; t
   assert.equal((await post({ jsonrpc: "2.0", method: "notifications/initialized" })).status, 202);
 
   // The upstream now floods the session's standalone stream; the client reads nothing.
-  const warned = await agent.waitForLog((l) => l.event === "slow_consumer", 120_000);
-  assert.equal(warned.identity, "spiffe://example.org/team-a/alice");
-  assert.equal(warned.transport, "sse");
-  assert.equal(warned.limitBytes, CAP);
-  assert.ok(warned.queuedBytes > CAP && warned.queuedBytes < CAP + 256 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${CAP})`);
-  assert.equal(agent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
-
-  // The agent released the upstream's stream for that session before the upstream finished writing it.
-  const deadline = Date.now() + 60_000;
-  while (up.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.equal(up.open(), 0, "the upstream's stream is still held open for a session that ended");
-  assert.equal(up.finished, false, "the upstream wrote its whole stream: the agent kept taking it after the cap");
+  await endedAtCap(agent, from, "sse", "spiffe://example.org/team-a/alice", CAP, 256 * 1024);
+  await upstreamReleased();
 
   // The client's connection is closed (seen once it reads again), and its session is gone.
   sock.resume();
@@ -108,16 +115,8 @@ test("a WebSocket client that stops reading has its session ended at the cap; th
   (c.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
   c.send({ jsonrpc: "2.0", method: "notifications/initialized" });
 
-  const warned = await agent.waitForLog((l) => l.event === "slow_consumer" && l.transport === "ws", 120_000);
-  assert.equal(warned.identity, "spiffe://example.org/team-a/alice");
-  assert.equal(warned.limitBytes, CAP);
-  assert.ok(warned.queuedBytes > CAP && warned.queuedBytes < CAP + 256 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${CAP})`);
-  assert.equal(agent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
-
-  const deadline = Date.now() + 60_000;
-  while (up.open() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  assert.equal(up.open(), 0, "the upstream's stream is still held open for a session that ended");
-  assert.equal(up.finished, false, "the upstream wrote a whole stream: the agent kept taking it after the cap");
+  await endedAtCap(agent, from, "ws", "spiffe://example.org/team-a/alice", CAP, 256 * 1024);
+  await upstreamReleased();
   assert.ok(up.written - writtenBefore < 100 * 1024 * 1024, `the upstream wrote ${up.written - writtenBefore} bytes for this session: the agent kept taking it after the cap`);
 
   (c.ws as unknown as { _socket: { resume(): void } })._socket.resume();
@@ -168,11 +167,7 @@ test("a Streamable HTTP client of a stdio upstream that stops reading its GET st
 
   const from = stdioAgent.logs().length;
   const flood = s.post(call("notify-flood", { count: 4000, bytes: 16_384 })).catch((e: Error) => e);
-  const warned = await stdioAgent.waitForLog((l) => l.event === "slow_consumer", 120_000);
-  assert.equal(warned.identity, "spiffe://example.org/team-a/bob");
-  assert.equal(warned.transport, "streamable-http");
-  assert.equal(warned.limitBytes, cap);
-  assert.ok(warned.queuedBytes > cap && warned.queuedBytes < cap + 64 * 1024, `queued ${warned.queuedBytes} bytes when ended (cap ${cap})`);
+  await endedAtCap(stdioAgent, from, "streamable-http", "spiffe://example.org/team-a/bob", cap, 64 * 1024);
   await flood; // the call's own stream ends with the session
   assert.equal(stdioAgent.logs().slice(from).filter((l) => l.event === "slow_consumer").length, 1, "one warning per session");
 
