@@ -79,6 +79,7 @@ test("no answer within upstream.timeout: the client gets -32000, the upstream ge
   const reuse = { ...call("echo", { text: "same id" }), id: held.id };
   await s.post(reuse);
   await s.inbox.next((m) => m?.id === held.id && m?.error?.message === "Invalid Request: a request with this id is still in flight");
+  const withHeldId = () => readStdioRecord(record).messages.filter((m) => m?.id === held.id && m?.method === "tools/call");
 
   // This upstream answers anyway once released: the answer is dropped at the agent.
   const release = call("release-held", {});
@@ -88,6 +89,7 @@ test("no answer within upstream.timeout: the client gets -32000, the upstream ge
   const lateSent = () => readStdioRecord(record).messages.some((m) => m?.lateAnswer === held.id);
   while (!lateSent() && Date.now() < lateDeadline) await new Promise((r) => setTimeout(r, 100));
   assert.ok(lateSent(), "the upstream wrote its late answer");
+  assert.deepEqual(withHeldId().map((m) => m.params?.name), ["hold-late"], "the refused request with the reused id reached the upstream");
   const ping = rpc("ping");
   await s.post(ping);
   await s.inbox.reply(ping.id); // the stream has carried everything the upstream sent before this
